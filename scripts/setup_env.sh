@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create or update the project's virtual environment (.venv) with the CPU build of torch
+# 2.13.0, the package and its test tools. Sourced by main.sh and test.sh.
+set -euo pipefail
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+    echo "setup: installing torch 2.13.0"
+    .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+fi
+echo "setup: installing seq2seq and its dependencies"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]"

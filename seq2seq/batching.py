@@ -1,0 +1,158 @@
+"""Encoded parallel data, the token-budget bucketing sampler and collation into Batch.
+
+Usable without a model: nothing here imports model code.
+
+Conventions: the source ends with EOS; `tgt_in` starts with BOS, `tgt_out` ends with
+EOS; masks are bool and True at real tokens. An example's size is
+max(len(src) + 1, len(tgt) + 1) and a batch costs batch_size * its largest size, which
+never exceeds the token budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from seq2seq.errors import Seq2SeqError
+from seq2seq.tokenizer import BOS, EOS, PAD
+
+
+@dataclass
+class EncodedSplit:
+    """One split as piece ids; `refs` are the raw target lines (never filtered)."""
+
+    name: str
+    src: list[list[int]]
+    tgt: list[list[int]]
+    refs: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def sizes(self) -> list[int]:
+        return [max(len(s), len(t)) + 1 for s, t in zip(self.src, self.tgt)]
+
+
+@dataclass
+class Batch:
+    src: Tensor          # (B, S) long, PAD after the end
+    src_lengths: Tensor  # (B,) long, including EOS
+    src_mask: Tensor     # (B, S) bool, True at real tokens
+    tgt_in: Tensor       # (B, T) long: BOS y1 .. yn, PAD after
+    tgt_out: Tensor      # (B, T) long: y1 .. yn EOS, PAD after
+    tgt_mask: Tensor     # (B, T) bool
+    index: Tensor        # (B,) long, position of each example in its split
+
+    @property
+    def ntokens(self) -> int:
+        """Real target tokens (padding excluded), EOS included."""
+        return int(self.tgt_mask.sum())
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in
+                       (self.src, self.src_lengths, self.src_mask, self.tgt_in,
+                        self.tgt_out, self.tgt_mask, self.index)))
+
+
+def pad(seqs: list[list[int]], value: int = PAD) -> Tensor:
+    """(B, max_len) long tensor, right-padded."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def collate_src(src: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Source ids -> (src (B, S), src_lengths (B,), src_mask (B, S)); appends EOS."""
+    seqs = [s + [EOS] for s in src]
+    ids = pad(seqs)
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    mask = torch.arange(ids.size(1))[None, :] < lengths[:, None]
+    return ids, lengths, mask
+
+
+def collate(split: EncodedSplit, indices: list[int]) -> Batch:
+    src, src_lengths, src_mask = collate_src([split.src[i] for i in indices])
+    tgt_in = pad([[BOS] + split.tgt[i] for i in indices])
+    tgt_out = pad([split.tgt[i] + [EOS] for i in indices])
+    tgt_mask = tgt_out != PAD
+    return Batch(src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask,
+                 torch.tensor(indices, dtype=torch.long))
+
+
+def make_batches(order: list[int], sizes: list[int], batch_tokens: int) -> list[list[int]]:
+    """Greedy packing of examples in `order` so that len(batch) * max size <= budget."""
+    batches, current, longest = [], [], 0
+    for i in order:
+        size = sizes[i]
+        if size > batch_tokens:
+            raise Seq2SeqError(f"an example of {size} tokens exceeds the batch budget of {batch_tokens} "
+                               "tokens; raise train.batch_tokens or lower data.max_len")
+        if current and (len(current) + 1) * max(longest, size) > batch_tokens:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, size)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class TokenBatchSampler:
+    """Length-bucketed token-budget batches, reshuffled each epoch from the seed.
+
+    Same seed -> same batches. Every example appears exactly once per epoch (with
+    `world_size` > 1 the batch list is padded by wrapping around so that every rank gets
+    the same number of batches; rank r takes batches r, r + world, ...). The
+    position is part of `state_dict()`, so a resumed run continues mid-epoch.
+    """
+
+    def __init__(self, sizes: list[int], batch_tokens: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if not sizes:
+            raise Seq2SeqError("the training split is empty after filtering")
+        self.sizes, self.batch_tokens, self.seed = sizes, batch_tokens, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.position = 0, 0
+        self._cached: tuple[int, list[list[int]]] = (-1, [])
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        noise = torch.rand(len(self.sizes), generator=g).tolist()
+        # Sort by size with random tie-breaking: buckets of equal length, new each epoch.
+        order = sorted(range(len(self.sizes)), key=lambda i: (self.sizes[i], noise[i]))
+        batches = make_batches(order, self.sizes, self.batch_tokens)
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        batches = [batches[p] for p in perm]
+        if self.world_size > 1:
+            extra = -len(batches) % self.world_size
+            batches = batches + batches[:extra]
+            batches = batches[self.rank::self.world_size]
+        return batches
+
+    def next_batch(self) -> list[int]:
+        """The next batch; `epoch` advances as soon as an epoch's last batch is handed out,
+        so an epoch limit can be checked before fetching."""
+        if self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self.epoch_batches(self.epoch))
+        batches = self._cached[1]
+        batch = batches[self.position]
+        self.position += 1
+        if self.position == len(batches):
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def eval_batches(sizes: list[int], batch_tokens: int) -> list[list[int]]:
+    """Deterministic batches sorted by size (fast decoding); callers restore order by index."""
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+    clamped = [min(s, batch_tokens) for s in sizes]  # an over-long sentence gets a batch of its own
+    return make_batches(order, clamped, batch_tokens)

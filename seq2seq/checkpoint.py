@@ -1,0 +1,89 @@
+"""Self-describing checkpoints, written atomically, and the last/best/keep-K policy.
+
+A checkpoint holds everything needed to rebuild and translate (config, SentencePiece
+models as bytes) and to resume exactly (optimizer, schedule, sampler position, RNG).
+Files: EXPDIR/checkpoints/{last,best,step_<N>}.pt. A killed run leaves either the old or
+the new file, never half of one: we write to a temporary file, fsync, then rename.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seq2seq.errors import Seq2SeqError
+
+FORMAT = "seq2seq-checkpoint-v1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise Seq2SeqError(f"{path}: cannot write ({e.strerror})") from None
+
+
+def save(payload: dict[str, Any], path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file; a missing, truncated or foreign file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise Seq2SeqError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            UnicodeDecodeError, AttributeError, ImportError, IndexError, KeyError) as e:
+        # a truncated zip archive raises OSError (EINVAL) from torch's reader
+        raise Seq2SeqError(f"{path}: not a readable seq2seq checkpoint ({type(e).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise Seq2SeqError(f"{path}: not a seq2seq checkpoint")
+    return payload
+
+
+def resolve(model_path: str | Path) -> Path:
+    """MODEL is a checkpoint file or an experiment directory (best, else last)."""
+    path = Path(model_path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise Seq2SeqError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt (train first)")
+    if not path.exists():
+        raise Seq2SeqError(f"{path}: no such checkpoint file or experiment directory")
+    return path
+
+
+def save_step(payload: dict[str, Any], expdir: Path, step: int, keep_last: int, is_best: bool) -> None:
+    """Write step_<N>.pt and last.pt (and best.pt), then drop all but the newest `keep_last` step files."""
+    ckpt_dir = expdir / "checkpoints"
+    save(payload, ckpt_dir / f"step_{step}.pt")
+    save(payload, ckpt_dir / "last.pt")
+    if is_best:
+        save(payload, ckpt_dir / "best.pt")
+    steps = sorted(ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    for old in steps[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def step_checkpoints(expdir: Path) -> list[Path]:
+    """The kept step checkpoints, oldest first."""
+    return sorted((expdir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))

@@ -1,0 +1,145 @@
+"""Stacked unidirectional RNN decoder with residual connections and attention.
+
+One function, `_run`, computes the stack for T steps. The teacher-forced path calls it
+once over the whole target (gnmt and top feeds: one fused RNN call per layer and one
+batched attention product) or once per step (input feeding); decoding calls it with
+T = 1 for each step. Both paths therefore share every weight and every formula.
+
+attention_feed:
+  gnmt        layer 1's outputs query the attention; the context joins the inputs of
+              layers 2..L and the output layer.
+  top         the top layer's outputs query the attention (no context inside the stack).
+  input_feed  Luong: the previous step's attentional vector joins layer 1's input;
+              attention is queried by the top layer.
+The attentional vector o = tanh(W [top; context]) feeds the vocabulary projection.
+
+residual:
+  gnmt   layer l >= residual_from (1-based) adds its input to its output.
+  dense  each layer's input is the sum of all lower layers' outputs (Britz et al.'s ResD);
+         the stack's output is the sum of all layers' outputs.
+  none   plain stack.
+
+Shapes: B batch (or batch * beam), T target steps, S source length, E embedding,
+H hidden, Hm memory size, V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from seq2seq.attention import Attention
+from seq2seq.config import AttentionConfig, DecoderConfig
+
+
+class DecoderState(NamedTuple):
+    """The recurrent state: everything that changes from step to step."""
+
+    hidden: Tensor         # (L, B, H)
+    cell: Tensor | None    # (L, B, H) for LSTMs, None for GRUs
+    feed: Tensor | None    # (B, H) previous attentional vector (input_feed), else None
+
+
+class Memory(NamedTuple):
+    """What the decoder attends to; fixed for a source sentence."""
+
+    values: Tensor   # (B, S, Hm) encoder outputs
+    keys: Tensor     # (B, S, A) attention keys, computed once
+    mask: Tensor     # (B, S) bool, True at real source tokens
+
+
+def reorder_state(state: DecoderState, index: Tensor) -> DecoderState:
+    """Row i of the new state is row index[i] of the old one (beam search)."""
+    return DecoderState(
+        state.hidden.index_select(1, index),
+        None if state.cell is None else state.cell.index_select(1, index),
+        None if state.feed is None else state.feed.index_select(0, index))
+
+
+def tile_memory(memory: Memory, beam: int) -> Memory:
+    """Repeat each sentence's memory `beam` times: row b*beam + k is beam k of sentence b."""
+    return Memory(*(t.repeat_interleave(beam, dim=0) for t in memory))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig, att: AttentionConfig, memory_size: int,
+                 embedding: nn.Embedding, vocab_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = embedding
+        self.dropout = nn.Dropout(cfg.dropout)
+        rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
+        E, H = cfg.embedding, cfg.hidden
+        sizes = [E + (H if cfg.attention_feed == "input_feed" else 0)]
+        sizes += [H + (memory_size if cfg.attention_feed == "gnmt" else 0)] * (cfg.layers - 1)
+        self.layers = nn.ModuleList(rnn(n, H, batch_first=True) for n in sizes)
+        self.attention = Attention(att.type, H, memory_size, att.hidden)
+        self.combine = nn.Linear(H + memory_size, H)
+        self.out = nn.Linear(H, vocab_size)
+        if cfg.tie_embeddings:
+            self.out.weight = self.embed.weight
+
+    def initial_feed(self, batch: int, like: Tensor) -> Tensor | None:
+        if self.cfg.attention_feed != "input_feed":
+            return None
+        return like.new_zeros(batch, self.cfg.hidden)
+
+    def forward(self, tgt_in: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, Tensor]:
+        """Teacher-forced: tgt_in (B, T) -> attentional vectors (B, T, H), attention (B, T, S).
+        `logits()` projects them; the caller may first drop padding positions."""
+        emb = self.dropout(self.embed(tgt_in))                            # (B, T, E)
+        if self.cfg.attention_feed != "input_feed":
+            o, _, attn = self._run(emb, state, memory)
+        else:
+            outs, attns = [], []
+            for t in range(emb.size(1)):
+                o_t, state, a_t = self._run(emb[:, t:t + 1], state, memory)
+                outs.append(o_t)
+                attns.append(a_t)
+            o, attn = torch.cat(outs, 1), torch.cat(attns, 1)
+        return o, attn
+
+    def logits(self, o: Tensor) -> Tensor:
+        """(..., H) -> (..., V)"""
+        return self.out(self.dropout(o))
+
+    def step(self, tokens: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
+        """One step: tokens (B,) -> logits (B, V), new state, attention (B, S)."""
+        emb = self.dropout(self.embed(tokens[:, None]))                   # (B, 1, E)
+        o, state, attn = self._run(emb, state, memory)
+        return self.logits(o[:, 0]), state, attn[:, 0]
+
+    def _run(self, emb: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
+        """The stack over T steps: emb (B, T, E) -> attentional vectors (B, T, H)."""
+        cfg = self.cfg
+        x = emb if state.feed is None else torch.cat([emb, state.feed[:, None, :]], -1)
+        context = attn = summed = None
+        hs, cs = [], []
+        for i, rnn in enumerate(self.layers):
+            layer_in = x
+            if i > 0:
+                layer_in = self.dropout(x)
+                if cfg.attention_feed == "gnmt":
+                    layer_in = torch.cat([layer_in, context], -1)
+            hx = state.hidden[i:i + 1]                                    # (1, B, H)
+            y, new = rnn(layer_in, hx if state.cell is None else (hx, state.cell[i:i + 1]))
+            h, c = new if isinstance(new, tuple) else (new, None)
+            hs.append(h)
+            cs.append(c)
+            if cfg.residual == "dense":
+                summed = y if summed is None else summed + y
+                y = summed
+            elif cfg.residual == "gnmt" and i > 0 and i + 1 >= cfg.residual_from:
+                y = y + x
+            x = y                                                         # (B, T, H)
+            if i == 0 and cfg.attention_feed == "gnmt":
+                context, attn = self.attention(x, memory.keys, memory.values, memory.mask)
+        if cfg.attention_feed != "gnmt":
+            context, attn = self.attention(x, memory.keys, memory.values, memory.mask)
+        o = torch.tanh(self.combine(torch.cat([x, context], -1)))        # (B, T, H)
+        new_state = DecoderState(
+            torch.cat(hs, 0), None if state.cell is None else torch.cat(cs, 0),
+            o[:, -1] if cfg.attention_feed == "input_feed" else None)
+        return o, new_state, attn

@@ -1,0 +1,71 @@
+"""sacreBLEU scoring and results cards.
+
+BLEU and chrF are always sacrebleu's, on detokenized text against the raw reference;
+every number travels with its signature.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import sacrebleu
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+
+from seq2seq import __version__, corpus
+from seq2seq.checkpoint import atomic_write_bytes
+from seq2seq.config import to_dict
+from seq2seq.errors import Seq2SeqError
+
+
+def score(hyps: list[str], refs: list[str], lowercase: bool = False, tokenize: str | None = None) -> dict:
+    """Corpus BLEU and chrF with their signatures (sacrebleu's defaults unless asked)."""
+    if len(hyps) != len(refs):
+        raise Seq2SeqError(f"hypotheses have {len(hyps)} lines but references have {len(refs)}")
+    bleu = BLEU(lowercase=lowercase, **({"tokenize": tokenize} if tokenize else {}))
+    chrf = CHRF(lowercase=lowercase)
+    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
+    return {"bleu": round(b.score, 2), "bleu_text": str(b), "bleu_signature": str(bleu.get_signature()),
+            "chrf": round(c.score, 2), "chrf_text": str(c), "chrf_signature": str(chrf.get_signature()),
+            "sentences": len(hyps)}
+
+
+def score_files(ref: str | Path, hyp_lines: list[str], hyp_name: str, **kwargs) -> dict:
+    refs = corpus.read_lines(ref)
+    if len(refs) != len(hyp_lines):
+        raise Seq2SeqError(f"line counts differ: {hyp_name} has {len(hyp_lines)} lines, {ref} has {len(refs)}")
+    return score(hyp_lines, refs, **kwargs)
+
+
+def format_scores(s: dict) -> str:
+    return f"BLEU = {s['bleu']:.2f}  ({s['bleu_signature']})\nchrF = {s['chrf']:.2f}  ({s['chrf_signature']})"
+
+
+def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Path, **decode) -> dict:
+    """Translate a split, score it, write hypotheses and the results card atomically."""
+    sources, refs = corpus.read_parallel(src_path, ref_path)
+    start = time.perf_counter()
+    hyps = translator.translate(sources, **decode)
+    seconds = time.perf_counter() - start
+    scores = score(hyps, refs)
+    dcfg = translator.decode_config(**decode)
+    tag = f"{split}.beam{dcfg.beam}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / f"{tag}.hyp", "".join(h + "\n" for h in hyps).encode())
+    card = {
+        "split": split, "source": str(src_path), "reference": str(ref_path),
+        **{k: scores[k] for k in ("bleu", "bleu_signature", "chrf", "chrf_signature", "sentences")},
+        "lowercase_13a_bleu": score(hyps, refs, lowercase=True, tokenize="13a")["bleu"],
+        "checkpoint": translator.source, "decode": to_dict(dcfg),
+        "sentences_per_second": round(len(sources) / seconds, 2), "decode_seconds": round(seconds, 2),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
+        "torch_version": torch.__version__, "device": str(translator.device),
+        "threads": torch.get_num_threads(), "machine": platform.machine(), "hypotheses": str(out_dir / f"{tag}.hyp"),
+    }
+    atomic_write_bytes(out_dir / f"{split}.json", (json.dumps(card, indent=2) + "\n").encode())
+    return card

@@ -1,0 +1,413 @@
+"""Greedy and beam search as plain functions over a step function and a state reorder.
+
+Search never sees the model. The caller hands over
+  step(tokens, state) -> (log_probs, state, attention)   one decoder step for N rows
+  reorder(state, index) -> state                          row i of the new state is old row index[i]
+and the decoder state itself, which search only passes around (fairseq's design). The step
+function returns already log-softmaxed scores; the score adjusters below (min length, forced EOS
+at max length, no-repeat n-grams) only set disallowed tokens to -inf and are shared by greedy and
+beam search, so the log-probabilities of a hypothesis are always the model's own.
+
+Shapes: B sentences, K beams, N rows (B for greedy, B*K for beams, row b*K + k is beam k of
+sentence b), V vocabulary, S source positions, t tokens generated so far.
+
+Ties are broken toward the lower index everywhere (argmax in greedy, `top_k` in beam search), so
+beam search with K=1 reproduces greedy exactly.
+"""
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+class StepFn(Protocol):
+    def __call__(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any, Tensor | None]:
+        """tokens (N,) long, the previous token of each row -> log_probs (N, V), new state,
+        attention weights (N, S) or None."""
+        ...
+
+
+class ReorderFn(Protocol):
+    def __call__(self, state: Any, index: Tensor) -> Any:
+        """index (N,) long; new row i takes old row index[i]. In beam search index[b*K + k] // K == b
+        always: beams never move between sentences, so static per-sentence data needs no reorder."""
+        ...
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # without BOS and without EOS
+    log_prob: float  # the model's summed log-probabilities of tokens + EOS
+    score: float  # ranking score: log_prob / length_penalty + coverage_penalty
+    attention: Tensor | None  # (len(tokens) + 1, S) one row per generated token incl. EOS
+
+
+# ---------------------------------------------------------------------------- penalties
+
+
+def length_penalty(length: int | Tensor, alpha: float) -> float | Tensor:
+    """GNMT length penalty ((5 + |Y|) / 6) ** alpha; length counts the tokens plus EOS."""
+    return ((5 + length) / 6) ** alpha
+
+
+def coverage_penalty(attn_sum: Tensor, src_mask: Tensor, beta: float) -> Tensor:
+    """GNMT coverage penalty beta * sum_i log(min(sum_j a_ij, 1)) over real source positions.
+
+    attn_sum (N, S) is the attention summed over generated tokens, src_mask (N, S) is True at real
+    tokens. Returns (N,). The clamp at 1e-9 keeps a never-attended position finite.
+    """
+    if beta == 0:
+        return attn_sum.new_zeros(attn_sum.size(0))  # (N,)
+    per_position = attn_sum.clamp(min=1e-9, max=1.0).log()  # (N, S)
+    return beta * per_position.masked_fill(~src_mask, 0.0).sum(dim=1)  # (N,)
+
+
+# ---------------------------------------------------------------------------- score adjusters
+
+
+def ban_repeated_ngrams(log_probs: Tensor, history: Tensor, n: int) -> Tensor:
+    """Ban any token that would complete an n-gram already present in the row's history.
+
+    log_probs (N, V), history (N, t) generated tokens -> (N, V).
+    """
+    t = history.size(1)
+    if t < n:
+        return log_probs
+    ngrams = history.unfold(1, n, 1)  # (N, t-n+1, n) every n-gram generated so far
+    suffix = history[:, t - n + 1 :].unsqueeze(1)  # (N, 1, n-1) the last n-1 tokens
+    repeats = (ngrams[:, :, :-1] == suffix).all(dim=2)  # (N, t-n+1) this n-gram would repeat
+    rows, starts = repeats.nonzero(as_tuple=True)  # (R,) each
+    if rows.numel() == 0:
+        return log_probs
+    log_probs = log_probs.clone()  # adjusters never write into the caller's tensor
+    log_probs[rows, ngrams[rows, starts, -1]] = NEG_INF
+    return log_probs  # (N, V)
+
+
+def ban_eos_before_min_len(log_probs: Tensor, step: int, min_lens: Tensor, eos: int) -> Tensor:
+    """Rows with fewer than min_lens (N,) tokens may not end yet."""
+    too_short = step < min_lens  # (N,)
+    if not bool(too_short.any()):
+        return log_probs
+    log_probs = log_probs.clone()
+    log_probs[too_short, eos] = NEG_INF
+    return log_probs  # (N, V)
+
+
+def force_eos_at_max_len(log_probs: Tensor, step: int, max_lens: Tensor, eos: int) -> Tensor:
+    """Rows that already have max_lens (N,) tokens may only end; EOS keeps its own log-prob."""
+    at_max = step >= max_lens  # (N,)
+    if not bool(at_max.any()):
+        return log_probs
+    eos_log_probs = log_probs[at_max, eos]  # (M,)
+    log_probs = log_probs.clone()
+    log_probs[at_max] = NEG_INF
+    log_probs[at_max, eos] = eos_log_probs
+    return log_probs  # (N, V)
+
+
+def adjust_log_probs(
+    log_probs: Tensor,
+    step: int,
+    history: Tensor,
+    max_lens: Tensor,
+    min_lens: Tensor | None,
+    eos: int,
+    no_repeat_ngram: int,
+) -> Tensor:
+    """Apply every adjuster for rows that have `step` tokens; all per-row arguments are (N, ...)."""
+    if no_repeat_ngram > 0:
+        log_probs = ban_repeated_ngrams(log_probs, history, no_repeat_ngram)
+    if min_lens is not None:
+        log_probs = ban_eos_before_min_len(log_probs, step, min_lens, eos)
+    return force_eos_at_max_len(log_probs, step, max_lens, eos)
+
+
+# ---------------------------------------------------------------------------- shared helpers
+
+
+def top_k(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best entries of each row, best first, ties going to the lower index (like argmax).
+
+    torch.topk leaves the order of ties unspecified; this makes it exact so that beam search with
+    K=1 and greedy pick the same token. A tie across the cut is rare with real scores, so only those
+    rows take the slower exact path; ties at -inf are left as they are (such beams never finish).
+    scores (N, M) -> values (N, k), indices (N, k).
+    """
+    values, indices = scores.topk(min(k + 1, scores.size(1)), dim=1)  # (N, k+1) one spare to see the cut
+    cut_tied = torch.zeros_like(values[:, 0], dtype=torch.bool)  # (N,)
+    if values.size(1) > k:
+        cut_tied = (values[:, k] == values[:, k - 1]) & torch.isfinite(values[:, k - 1])
+    values, indices = values[:, :k], indices[:, :k]  # (N, k)
+    if bool(cut_tied.any()):
+        rows = cut_tied.nonzero().squeeze(1)  # (R,)
+        indices = indices.index_put((rows,), _lowest_tied(scores[rows], values[rows, -1:], k))
+    indices = indices.sort(dim=1).values  # (N, k) index ascending ...
+    values, order = scores.gather(1, indices).sort(dim=1, descending=True, stable=True)  # ... then value
+    return values, indices.gather(1, order)
+
+
+def _lowest_tied(scores: Tensor, kth: Tensor, k: int) -> Tensor:
+    """Indices (R, k) of the entries above the k-th value kth (R, 1), filled up with the lowest tied ones."""
+    above = scores > kth  # (R, M) fewer than k per row
+    tied = scores == kth  # (R, M)
+    room = k - above.sum(dim=1, keepdim=True)  # (R, 1) places left for tied entries
+    keep = above | (tied & (tied.cumsum(dim=1) <= room))  # (R, M) exactly k per row
+    return keep.nonzero()[:, 1].view(-1, k)  # (R, k)
+
+
+def _require_attention(attn: Tensor | None) -> Tensor:
+    if attn is None:
+        raise ValueError("return_attention and coverage_beta > 0 need a step function that returns attention")
+    return attn
+
+
+def _check_lengths(batch_size: int, max_lens: Tensor, min_lens: Tensor | None) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_lens.shape != (batch_size,):
+        raise ValueError(f"max_lens must have shape ({batch_size},), got {tuple(max_lens.shape)}")
+    if bool((max_lens < 0).any()):
+        raise ValueError("max_lens must be >= 0")
+    if min_lens is not None:
+        if min_lens.shape != (batch_size,):
+            raise ValueError(f"min_lens must have shape ({batch_size},), got {tuple(min_lens.shape)}")
+        if bool((min_lens > max_lens).any()):
+            raise ValueError("min_lens must not exceed max_lens")
+
+
+# ---------------------------------------------------------------------------- greedy
+
+
+def greedy(
+    step: StepFn,
+    state: Any,
+    batch_size: int,
+    bos: int,
+    eos: int,
+    max_lens: Tensor,
+    min_lens: Tensor | None = None,
+    no_repeat_ngram: int = 0,
+    return_attention: bool = False,
+) -> list[Hypothesis]:
+    """Pick the best token of every sentence at every step; one Hypothesis per sentence, in order.
+
+    state covers B rows. Finished sentences are frozen: they keep feeding EOS and gain nothing.
+    """
+    _check_lengths(batch_size, max_lens, min_lens)
+    tokens = torch.full((batch_size,), bos, dtype=torch.long, device=max_lens.device)  # (B,)
+    history = tokens.new_empty(batch_size, 0)  # (B, t)
+    log_prob = torch.zeros(batch_size, device=max_lens.device)  # (B,)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=max_lens.device)  # (B,)
+    attn_rows: list[Tensor] = []  # t x (B, S)
+    for t in range(int(max_lens.max()) + 1):
+        log_probs, state, attn = step(tokens, state)  # (B, V), (B, S) or None
+        log_probs = adjust_log_probs(log_probs, t, history, max_lens, min_lens, eos, no_repeat_ngram)
+        best = log_probs.argmax(dim=1)  # (B,) first maximum on ties, as top_k
+        gained = log_probs.gather(1, best[:, None]).squeeze(1)  # (B,)
+        log_prob = log_prob + gained.masked_fill(done, 0.0)
+        tokens = best.masked_fill(done, eos)  # frozen rows keep feeding EOS
+        history = torch.cat([history, tokens[:, None]], dim=1)  # (B, t+1)
+        if return_attention:
+            attn_rows.append(_require_attention(attn))
+        done = done | (tokens == eos)
+        if bool(done.all()):
+            break
+    attention = torch.stack(attn_rows, dim=1) if return_attention else None  # (B, T, S)
+    return _greedy_hypotheses(history, log_prob, attention, eos)
+
+
+def _greedy_hypotheses(
+    history: Tensor, log_prob: Tensor, attention: Tensor | None, eos: int
+) -> list[Hypothesis]:
+    """Cut each row of history (B, T) at its first EOS."""
+    is_eos = history == eos  # (B, T)
+    first_eos = is_eos.int().argmax(dim=1)  # (B,)
+    lengths = torch.where(is_eos.any(dim=1), first_eos, history.size(1)).tolist()
+    hypotheses = []
+    for b, length in enumerate(lengths):
+        rows = None if attention is None else attention[b, : length + 1].clone()  # (length+1, S)
+        score = float(log_prob[b])
+        hypotheses.append(Hypothesis(history[b, :length].tolist(), score, score, rows))
+    return hypotheses
+
+
+# ---------------------------------------------------------------------------- beam search
+
+
+class _Beams(NamedTuple):
+    """Search bookkeeping for the N = B*K rows; the decoder state stays with the caller."""
+
+    tokens: Tensor  # (N,) last token of each beam, fed to the next step
+    scores: Tensor  # (B, K) summed log-probs of each beam
+    history: Tensor  # (N, t) generated tokens
+    attn_sum: Tensor | None  # (N, S) attention summed over generated tokens, for coverage
+    attn_history: Tensor | None  # (N, t, S) attention rows, for return_attention
+
+
+class _Candidates(NamedTuple):
+    """The 2K best one-token extensions of each sentence's beams, best first."""
+
+    scores: Tensor  # (B, 2K) summed log-probs
+    rows: Tensor  # (B, 2K) parent row in [0, N)
+    words: Tensor  # (B, 2K) appended token
+
+
+def beam_search(
+    step: StepFn,
+    reorder: ReorderFn,
+    state: Any,
+    batch_size: int,
+    beam_size: int,
+    bos: int,
+    eos: int,
+    max_lens: Tensor,
+    min_lens: Tensor | None = None,
+    length_penalty_alpha: float = 0.0,
+    coverage_beta: float = 0.0,
+    src_mask: Tensor | None = None,
+    nbest: int = 1,
+    no_repeat_ngram: int = 0,
+    return_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """Beam search over B sentences at once; per sentence the nbest hypotheses, best score first.
+
+    state already covers N = B*K rows (row b*K + k is beam k of sentence b, identical at the start).
+    Each step keeps the 2K best candidates per sentence; EOS candidates among the top K are
+    finished, the best K others continue (fairseq's rule). A sentence is done once it has K
+    finished hypotheses or reached its max length; done sentences are frozen.
+    """
+    _check_beam_args(batch_size, beam_size, nbest, coverage_beta, src_mask)
+    _check_lengths(batch_size, max_lens, min_lens)
+    k = beam_size
+    row_max = max_lens.repeat_interleave(k)  # (N,)
+    row_min = None if min_lens is None else min_lens.repeat_interleave(k)  # (N,)
+    row_mask = None if src_mask is None else src_mask.repeat_interleave(k, dim=0)  # (N, S)
+    beams = _initial_beams(batch_size, k, bos, max_lens.device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+    counts = torch.zeros(batch_size, dtype=torch.long, device=max_lens.device)  # (B,)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=max_lens.device)  # (B,)
+    for t in range(int(max_lens.max()) + 1):
+        log_probs, state, attn = step(beams.tokens, state)  # (N, V), (N, S) or None
+        log_probs = adjust_log_probs(log_probs, t, beams.history, row_max, row_min, eos, no_repeat_ngram)
+        beams = _add_attention(beams, attn, coverage_beta > 0, return_attention)
+        cands = _expand(beams.scores, log_probs, 2 * k)
+        ending = _ending(cands, done, eos, k)  # (B, K)
+        if bool(ending.any()):
+            _finalise(finished, ending, cands, beams, t + 1, length_penalty_alpha, coverage_beta, row_mask)
+        counts = counts + ending.sum(dim=1)
+        done = done | (counts >= k) | (t >= max_lens)
+        if bool(done.all()):
+            break
+        beams, index = _advance(beams, cands, done, eos)
+        state = reorder(state, index)
+    return [_best(hypotheses, nbest) for hypotheses in finished]
+
+
+def _check_beam_args(
+    batch_size: int, beam_size: int, nbest: int, coverage_beta: float, src_mask: Tensor | None
+) -> None:
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+    if not 1 <= nbest <= beam_size:
+        raise ValueError(f"nbest must be between 1 and beam_size={beam_size}, got {nbest}")
+    if coverage_beta < 0:
+        raise ValueError(f"coverage_beta must be >= 0, got {coverage_beta}")
+    if coverage_beta > 0 and (src_mask is None or src_mask.dim() != 2 or src_mask.size(0) != batch_size):
+        raise ValueError(f"coverage_beta > 0 needs src_mask of shape ({batch_size}, S)")
+
+
+def _initial_beams(batch_size: int, k: int, bos: int, device: torch.device) -> _Beams:
+    """K copies of BOS per sentence; only beam 0 is live so the first step does not expand copies."""
+    n = batch_size * k
+    tokens = torch.full((n,), bos, dtype=torch.long, device=device)  # (N,)
+    scores = torch.full((batch_size, k), NEG_INF, device=device)  # (B, K)
+    scores[:, 0] = 0.0
+    return _Beams(tokens, scores, tokens.new_empty(n, 0), None, None)
+
+
+def _add_attention(beams: _Beams, attn: Tensor | None, coverage: bool, keep_rows: bool) -> _Beams:
+    """Fold this step's attention (N, S), which belongs to the token about to be chosen, into the beams."""
+    if not (coverage or keep_rows):
+        return beams
+    attn = _require_attention(attn)
+    attn_sum, attn_history = None, None
+    if coverage:
+        attn_sum = attn if beams.attn_sum is None else beams.attn_sum + attn  # (N, S)
+    if keep_rows:
+        rows = attn[:, None]  # (N, 1, S)
+        attn_history = rows if beams.attn_history is None else torch.cat([beams.attn_history, rows], dim=1)
+    return beams._replace(attn_sum=attn_sum, attn_history=attn_history)
+
+
+def _expand(scores: Tensor, log_probs: Tensor, width: int) -> _Candidates:
+    """Best `width` extensions per sentence over all K*V (beam, token) pairs."""
+    b, k = scores.shape
+    v = log_probs.size(1)
+    total = (scores.view(b * k, 1) + log_probs).view(b, k * v)  # (B, K*V)
+    values, flat = top_k(total, min(width, k * v))  # (B, 2K)
+    rows = torch.arange(b, device=flat.device)[:, None] * k + flat // v  # (B, 2K)
+    return _Candidates(values, rows, flat % v)
+
+
+def _ending(cands: _Candidates, done: Tensor, eos: int, k: int) -> Tensor:
+    """(B, K) the top-K candidates that end in EOS with a finite score, for sentences still running."""
+    is_eos = cands.words[:, :k] == eos  # (B, K)
+    return is_eos & torch.isfinite(cands.scores[:, :k]) & ~done[:, None]
+
+
+def _finalise(
+    finished: list[list[Hypothesis]],
+    ending: Tensor,
+    cands: _Candidates,
+    beams: _Beams,
+    length: int,
+    alpha: float,
+    beta: float,
+    row_mask: Tensor | None,
+) -> None:
+    """Append a Hypothesis for every ending (B, K) candidate; length counts its tokens plus EOS."""
+    sentence, position = ending.nonzero(as_tuple=True)  # (M,) each
+    rows = cands.rows[sentence, position]  # (M,)
+    log_probs = cands.scores[sentence, position]  # (M,)
+    scores = log_probs / length_penalty(length, alpha)  # (M,)
+    if beta > 0:
+        scores = scores + coverage_penalty(beams.attn_sum[rows], row_mask[rows], beta)
+    for b, row, log_prob, score in zip(sentence.tolist(), rows.tolist(), log_probs.tolist(), scores.tolist()):
+        attention = None if beams.attn_history is None else beams.attn_history[row].clone()  # (length, S)
+        finished[b].append(Hypothesis(beams.history[row].tolist(), log_prob, score, attention))
+
+
+def _advance(beams: _Beams, cands: _Candidates, done: Tensor, eos: int) -> tuple[_Beams, Tensor]:
+    """Continue with the best K non-EOS candidates; done sentences keep their rows. Returns the index (N,)."""
+    b, k = beams.scores.shape
+    n = b * k
+    width = cands.words.size(1)
+    position = torch.arange(width, device=done.device)  # (2K,)
+    rank = position + (cands.words == eos).long() * width  # (B, 2K) EOS candidates sink below the rest
+    keep = rank.argsort(dim=1)[:, :k]  # (B, K) at most K EOS among 2K, so all kept are non-EOS
+    frozen = done.repeat_interleave(k)  # (N,)
+    rows = cands.rows.gather(1, keep).view(n)  # (N,) parent of each continuing beam
+    index = torch.where(frozen, torch.arange(n, device=done.device), rows)  # (N,)
+    tokens = cands.words.gather(1, keep).view(n).masked_fill(frozen, eos)  # (N,)
+    scores = torch.where(done[:, None], beams.scores, cands.scores.gather(1, keep))  # (B, K)
+    history = torch.cat([beams.history[index], tokens[:, None]], dim=1)  # (N, t+1)
+    attn_sum = None if beams.attn_sum is None else beams.attn_sum[index]  # (N, S)
+    attn_history = None if beams.attn_history is None else beams.attn_history[index]  # (N, t+1, S)
+    return _Beams(tokens, scores, history, attn_sum, attn_history), index
+
+
+def _best(hypotheses: list[Hypothesis], nbest: int) -> list[Hypothesis]:
+    """The nbest highest-scoring hypotheses with distinct tokens (sort is stable: earlier wins ties)."""
+    seen: set[tuple[int, ...]] = set()
+    best = []
+    for hypothesis in sorted(hypotheses, key=lambda h: h.score, reverse=True):
+        key = tuple(hypothesis.tokens)
+        if key not in seen:
+            seen.add(key)
+            best.append(hypothesis)
+    return best[:nbest]

@@ -1,0 +1,392 @@
+"""The training loop: step, validate, checkpoint, early stop, resume; DDP-aware.
+
+Run with `seq2seq train RECIPE`, or under `torchrun --nproc_per_node N` for
+data-parallel training (gloo on CPU, nccl on CUDA): every rank takes its shard of each
+epoch's batches; rank 0 validates, logs and writes checkpoints, and broadcasts the
+validation BLEU so that every rank steps its learning-rate schedule the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sacrebleu
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
+
+from seq2seq import checkpoint
+from seq2seq.batching import Batch, EncodedSplit, TokenBatchSampler, collate, eval_batches
+from seq2seq.config import Config, DecodeConfig, diff, dump_toml, from_dict, to_dict
+from seq2seq.errors import Seq2SeqError
+from seq2seq.model import Seq2Seq, build_model, summary
+from seq2seq.prepare import Prepared, prepare
+from seq2seq.translate import decode_ids
+
+# Keys that may change when resuming: they steer the run, not the model or its data.
+RESUMABLE = ("train.max_steps", "train.max_epochs", "train.max_minutes", "train.valid_every",
+             "train.patience", "train.keep_last", "train.log_every", "train.threads",
+             "train.device", "train.max_bad_steps", "train.warmup_steps", "train.valid_beam",
+             "decode", "data.data_dir", "data.test_splits", "data.test")
+
+
+@dataclass
+class LRSchedule:
+    """Warmup then constant or inverse-sqrt, times a reduce-on-plateau factor (by val BLEU)."""
+
+    base: float
+    kind: str
+    warmup: int
+    factor: float
+    patience: int
+    min_lr: float
+    scale: float = 1.0
+    best: float = -math.inf
+    bad: int = 0
+
+    def lr(self, step: int) -> float:
+        s = step + 1
+        warm = min(1.0, s / self.warmup) if self.warmup else 1.0
+        decay = math.sqrt(self.warmup / s) if (self.kind == "inverse_sqrt" and s > self.warmup) else 1.0
+        if self.kind == "inverse_sqrt" and not self.warmup:
+            decay = 1.0 / math.sqrt(s)
+        return max(self.base * warm * decay * self.scale, self.min_lr)
+
+    def observe(self, bleu: float) -> None:
+        if bleu > self.best:
+            self.best, self.bad = bleu, 0
+        elif self.kind == "plateau":
+            self.bad += 1
+            if self.bad > self.patience:
+                self.scale, self.bad = self.scale * self.factor, 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.scale, self.best, self.bad = d["scale"], d["best"], d["bad"]
+
+
+@dataclass
+class Progress:
+    """Everything besides weights and optimizer that a resumed run must continue from."""
+
+    step: int = 0
+    elapsed: float = 0.0          # seconds of training so far, across resumes
+    best_bleu: float = -1.0
+    best_step: int = 0
+    since_best: int = 0           # validations without improvement (early stopping)
+    bad_steps: int = 0            # consecutive non-finite updates
+    skipped_steps: int = 0        # all non-finite updates
+    history: list = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def setup_device(cfg: Config) -> torch.device:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    want = cfg.train.device
+    if want == "cuda" and not torch.cuda.is_available():
+        raise Seq2SeqError("train.device = 'cuda' but no CUDA device is available")
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def make_optimizer(model: Seq2Seq, cfg: Config) -> torch.optim.Optimizer:
+    t = cfg.train
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+
+
+# ---------------------------------------------------------------- one step
+
+
+def loss_terms(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """logits (N, V), target (N,) -> (label-smoothed loss sum, NLL sum)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    nll = -log_probs.gather(1, target[:, None]).squeeze(1)               # (N,)
+    smooth = -log_probs.mean(dim=-1)                                      # (N,)
+    return ((1.0 - smoothing) * nll + smoothing * smooth).sum(), nll.sum()
+
+
+def train_step(model, optimizer, batch: Batch, cfg: Config, lr: float, autocast) -> tuple[float, float, bool]:
+    """Forward, backward, clip, update. Returns (loss per token, grad norm, finite)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_mask,
+                       cfg.train.teacher_forcing)                          # (N, V)
+    loss, _ = loss_terms(logits, batch.tgt_out[batch.tgt_mask], cfg.train.label_smoothing)
+    loss = loss / batch.ntokens
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = cfg.train.clip_norm if cfg.train.clip_norm > 0 else math.inf
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    loss_value = loss.item()
+    finite = math.isfinite(norm) and math.isfinite(loss_value)
+    if finite:
+        optimizer.step()
+    return loss_value, norm, finite
+
+
+# ---------------------------------------------------------------- validation
+
+
+@torch.no_grad()
+def validate(model: Seq2Seq, split: EncodedSplit, prepared: Prepared, cfg: Config,
+             device: torch.device) -> dict:
+    """Teacher-forced loss/perplexity and decoded sacreBLEU on the validation split."""
+    model.eval()
+    nll_sum, tokens = 0.0, 0
+    for indices in eval_batches(split.sizes(), cfg.train.batch_tokens):
+        batch = collate(split, indices).to(device)
+        logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_mask)
+        nll_sum += float(loss_terms(logits, batch.tgt_out[batch.tgt_mask], 0.0)[1])
+        tokens += batch.ntokens
+    dcfg = DecodeConfig(beam=cfg.train.valid_beam, length_penalty=cfg.decode.length_penalty,
+                        max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b,
+                        batch_tokens=cfg.decode.batch_tokens)
+    hyps = decode_ids(model, split.src, dcfg, device)
+    texts = prepared.tokenizers.tgt.decode([h[0].tokens for h in hyps])
+    bleu = sacrebleu.corpus_bleu(texts, [split.refs])
+    model.train()
+    return {"valid_loss": nll_sum / tokens, "valid_ppl": math.exp(min(nll_sum / tokens, 50)),
+            "valid_bleu": bleu.score, "examples": texts[:2]}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def make_payload(model: Seq2Seq, optimizer, schedule: LRSchedule, sampler: TokenBatchSampler,
+                 progress: Progress, cfg: Config, prepared: Prepared) -> dict:
+    return {
+        "config": to_dict(cfg), "tokenizer": prepared.tokenizers.to_payload(),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(), "sampler": sampler.state_dict(),
+        "progress": vars(progress).copy(), "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def check_resumable(old: Config, new: Config) -> None:
+    changed = [k for k in diff(old, new) if not any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
+    if changed:
+        raise Seq2SeqError("cannot --resume with a changed recipe; these keys differ from the checkpoint: "
+                           + ", ".join(changed))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def run(cfg: Config, expdir: Path, data_dir: str | None = None, resume: bool = False) -> dict:
+    """Prepare (rank 0 first, the others then reuse its cache) and train."""
+    device = setup_device(cfg)
+    rank, world = setup_distributed(device)
+    if rank != 0:
+        dist.barrier()
+    prepared = prepare(cfg, expdir, data_dir, log=print if rank == 0 else (lambda *a: None))
+    if rank == 0 and world > 1:
+        dist.barrier()
+    return train(cfg, expdir, prepared, resume)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM: finish the current step, checkpoint, exit 130/143."""
+
+    def __init__(self):
+        self.signum = 0
+
+    def __enter__(self):
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int, last: Path):
+        super().__init__(f"interrupted; resume with --resume (checkpoint {last})")
+        self.exit_code = 128 + signum
+
+
+def train(cfg: Config, expdir: Path, prepared: Prepared, resume: bool = False) -> dict:
+    device = setup_device(cfg)
+    rank, world = setup_distributed(device)
+    is_main = rank == 0
+    torch.manual_seed(cfg.train.seed)
+    vocab_src, vocab_tgt = len(prepared.tokenizers.src), len(prepared.tokenizers.tgt)
+    model = build_model(cfg.model, vocab_src, vocab_tgt).to(device)
+    optimizer = make_optimizer(model, cfg)
+    t = cfg.train
+    schedule = LRSchedule(t.lr, t.schedule, t.warmup_steps, t.plateau_factor, t.plateau_patience, t.min_lr)
+    sampler = TokenBatchSampler(prepared.splits["train"].sizes(), t.batch_tokens, t.seed, rank, world)
+    progress = Progress()
+    last = expdir / "checkpoints" / "last.pt"
+    if resume:
+        _restore(last, cfg, model, optimizer, schedule, sampler, progress, device)
+    elif last.exists():
+        raise Seq2SeqError(f"{expdir} already holds a training run; use --resume or another --out")
+    log = tqdm.write if is_main else (lambda *a, **k: None)
+    if is_main:
+        checkpoint.atomic_write_bytes(expdir / "config.toml", dump_toml(cfg).encode())
+        log(summary(model))
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if (t.bf16 and device.type == "cuda")
+                else nullcontext())
+    with StopRequest() as stop:
+        _loop(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared, expdir,
+              device, autocast, is_main, world, stop, log)
+    result = {"best_bleu": progress.best_bleu, "best_step": progress.best_step, "steps": progress.step,
+              "minutes": progress.elapsed / 60, "skipped_steps": progress.skipped_steps}
+    if world > 1:
+        result["rank_checksums"] = _rank_checksums(model, world)
+    if is_main:
+        _append_metrics(expdir, {"type": "summary", **result})
+        log(f"done: {progress.step} steps in {progress.elapsed / 60:.1f} min; best valid BLEU "
+            f"{progress.best_bleu:.2f} at step {progress.best_step}")
+    return result
+
+
+def _loop(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared, expdir, device,
+          autocast, is_main, world, stop, log) -> None:
+    t = cfg.train
+    train_split = prepared.splits["train"]
+    bar = tqdm(total=t.max_steps or None, initial=progress.step, disable=not is_main,
+               dynamic_ncols=True, unit="step", smoothing=0.05)
+    started, window_tokens, window_start, loss_avg = time.monotonic() - progress.elapsed, 0, time.monotonic(), None
+    while not _should_stop(progress, sampler, t, started, world):
+        batch = collate(train_split, sampler.next_batch()).to(device)
+        lr = schedule.lr(progress.step)
+        loss, norm, finite = train_step(ddp, optimizer, batch, cfg, lr, autocast)
+        progress.step += 1
+        progress.elapsed = time.monotonic() - started
+        if not finite:
+            progress.bad_steps += 1
+            progress.skipped_steps += 1
+            _append_metrics(expdir, {"type": "skipped", "step": progress.step, "loss": loss, "grad_norm": norm}, is_main)
+            if progress.bad_steps >= t.max_bad_steps:
+                raise Seq2SeqError(f"{progress.bad_steps} consecutive non-finite steps (train.max_bad_steps); "
+                                   f"the last good checkpoint is kept in {expdir / 'checkpoints'}")
+        else:
+            progress.bad_steps = 0
+            loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
+        window_tokens += batch.ntokens * world
+        bar.update(1)
+        if progress.step % t.log_every == 0:
+            tok_s = window_tokens / max(time.monotonic() - window_start, 1e-9)
+            bar.set_postfix(loss=f"{loss_avg or 0:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
+            _append_metrics(expdir, {"type": "train", "step": progress.step, "epoch": sampler.epoch,
+                                     "loss": loss_avg, "lr": lr, "tok_per_s": tok_s,
+                                     "minutes": progress.elapsed / 60}, is_main)
+            window_tokens, window_start = 0, time.monotonic()
+        if progress.step % t.valid_every == 0:
+            _validate_and_save(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared,
+                               expdir, device, is_main, world, log, loss_avg)
+        if stop.signum:
+            _save_last(model, optimizer, schedule, sampler, progress, cfg, prepared, expdir, is_main)
+            bar.close()
+            raise Interrupted(stop.signum, expdir / "checkpoints" / "last.pt")
+    bar.close()
+    if progress.step % t.valid_every != 0:  # the final state is always validated and saved
+        _validate_and_save(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared,
+                           expdir, device, is_main, world, log, loss_avg)
+
+
+def _should_stop(progress: Progress, sampler: TokenBatchSampler, t, started: float, world: int) -> bool:
+    stop = ((t.max_steps and progress.step >= t.max_steps)
+            or (t.max_epochs and sampler.epoch >= t.max_epochs)
+            or (t.max_minutes and time.monotonic() - started >= t.max_minutes * 60)
+            or (t.patience and progress.since_best >= t.patience))
+    if world > 1:  # wall time differs between ranks: rank 0 decides
+        flag = torch.tensor([1.0 if stop else 0.0])
+        dist.broadcast(flag, 0)
+        stop = bool(flag.item())
+    return bool(stop)
+
+
+def _validate_and_save(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared, expdir,
+                       device, is_main, world, log, loss_avg) -> None:
+    result = validate(model, prepared.splits["valid"], prepared, cfg, device) if is_main else {}
+    bleu = torch.tensor([result.get("valid_bleu", 0.0)], dtype=torch.float64)
+    if world > 1:
+        dist.broadcast(bleu, 0)
+    bleu = float(bleu.item())
+    schedule.observe(bleu)
+    improved = bleu > progress.best_bleu
+    if improved:
+        progress.best_bleu, progress.best_step, progress.since_best = bleu, progress.step, 0
+    else:
+        progress.since_best += 1
+    if not is_main:
+        return
+    record = {"type": "valid", "step": progress.step, "epoch": sampler.epoch,
+              "minutes": progress.elapsed / 60, "train_loss": loss_avg,
+              **{k: v for k, v in result.items() if k != "examples"}, "lr": schedule.lr(progress.step)}
+    progress.history.append({k: record[k] for k in ("step", "minutes", "valid_bleu")})
+    _append_metrics(expdir, record)
+    log(f"step {progress.step} ({progress.elapsed / 60:.1f} min): valid loss {result['valid_loss']:.3f} "
+        f"ppl {result['valid_ppl']:.2f} BLEU {bleu:.2f}{' (best)' if improved else ''} | {result['examples'][0]}")
+    payload = make_payload(model, optimizer, schedule, sampler, progress, cfg, prepared)
+    checkpoint.save_step(payload, expdir, progress.step, cfg.train.keep_last, improved)
+
+
+def _save_last(model, optimizer, schedule, sampler, progress, cfg, prepared, expdir, is_main) -> None:
+    if is_main:
+        checkpoint.save(make_payload(model, optimizer, schedule, sampler, progress, cfg, prepared),
+                        expdir / "checkpoints" / "last.pt")
+
+
+def _restore(last: Path, cfg: Config, model, optimizer, schedule, sampler, progress, device) -> None:
+    if not last.exists():
+        raise Seq2SeqError(f"--resume: no checkpoint at {last}")
+    payload = checkpoint.load(last, map_location=device)
+    check_resumable(from_dict(payload["config"]), cfg)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    sampler.load_state_dict(payload["sampler"])
+    for k, v in payload["progress"].items():
+        setattr(progress, k, v)
+    torch.set_rng_state(payload["rng"])
+    if payload.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+
+
+def _rank_checksums(model: Seq2Seq, world: int) -> list[float]:
+    mine = torch.tensor([float(sum(p.detach().double().sum() for p in model.parameters()))], dtype=torch.float64)
+    gathered = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(gathered, mine)
+    return [float(g.item()) for g in gathered]
+
+
+def _append_metrics(expdir: Path, record: dict, is_main: bool = True) -> None:
+    if not is_main:
+        return
+    with open(expdir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps({"time": time.time(), **record}) + "\n")
+

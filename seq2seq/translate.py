@@ -1,0 +1,141 @@
+"""Translator: raw text in, detokenized text out.
+
+The one decoding path used by the CLI's `translate`, by validation during training, by
+`evaluate`, by tests and by Python users:
+
+    from seq2seq import Translator
+    t = Translator.load("exp/de_en")            # experiment dir or checkpoint file
+    t.translate(["Ein Hund rennt."], beam=5)    # -> ["A dog is running."]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from seq2seq import checkpoint, search
+from seq2seq.batching import collate_src, eval_batches
+from seq2seq.config import Config, DecodeConfig, from_dict
+from seq2seq.decoder import tile_memory
+from seq2seq.errors import Seq2SeqError
+from seq2seq.model import Seq2Seq, build_model
+from seq2seq.search import Hypothesis
+from seq2seq.tokenizer import BOS, EOS, Tokenizers, Vocab
+
+
+def length_limits(src_lengths: Tensor, cfg: DecodeConfig) -> tuple[Tensor, Tensor]:
+    """Per-sentence (max_lens, min_lens) from `a * source pieces + b`."""
+    n = src_lengths.float()
+    max_lens = (cfg.max_len_a * n + cfg.max_len_b).floor().long().clamp(min=1)
+    min_lens = torch.minimum((cfg.min_len_a * n + cfg.min_len_b).floor().long(), max_lens)
+    return max_lens, min_lens
+
+
+@torch.no_grad()
+def decode_batch(model: Seq2Seq, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
+                 return_attention: bool = False) -> list[list[Hypothesis]]:
+    """Search one batch of source piece ids; one n-best list per sentence (nbest = 1 for greedy)."""
+    ids, lengths, mask = (t.to(device) for t in collate_src(src))
+    memory, state = model.encode(ids, lengths, mask)
+    max_lens, min_lens = length_limits(lengths - 1, cfg)
+    B = len(src)
+    if cfg.beam == 1:
+        hyps = search.greedy(lambda tok, st: model.step(tok, st, memory), state, B, BOS, EOS,
+                             max_lens, min_lens, cfg.no_repeat_ngram, return_attention)
+        return [[h] for h in hyps]
+    K = cfg.beam
+    tiled = tile_memory(memory, K)
+    state = model.reorder(state, torch.arange(B, device=device).repeat_interleave(K))
+    return search.beam_search(
+        lambda tok, st: model.step(tok, st, tiled), model.reorder, state, B, K, BOS, EOS,
+        max_lens, min_lens, cfg.length_penalty, cfg.coverage_penalty, mask, cfg.nbest,
+        cfg.no_repeat_ngram, return_attention)
+
+
+def decode_ids(model: Seq2Seq, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
+               return_attention: bool = False) -> list[list[Hypothesis]]:
+    """Decode many sentences in length-sorted batches of `cfg.batch_tokens` source tokens
+    (beam rows included); results come back in input order."""
+    was_training = model.training
+    model.eval()
+    out: list[list[Hypothesis]] = [[] for _ in src]
+    budget = max(1, cfg.batch_tokens // cfg.beam)
+    for indices in eval_batches([len(s) + 1 for s in src], budget):
+        for i, hyps in zip(indices, decode_batch(model, [src[i] for i in indices], cfg, device, return_attention)):
+            out[i] = hyps
+    model.train(was_training)
+    return out
+
+
+@dataclass
+class Translation:
+    text: str
+    tokens: list[str]            # target subwords
+    src_tokens: list[str]        # source subwords (EOS excluded)
+    log_prob: float
+    score: float
+    attention: Tensor | None     # (len(tokens) + 1, len(src_tokens) + 1) incl. EOS rows/columns
+
+
+class Translator:
+    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, config: Config,
+                 device: torch.device, source: str = ""):
+        self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
+        self.device, self.source = device, source
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
+        """From an experiment directory (best, else last checkpoint) or a checkpoint file."""
+        ckpt_path = checkpoint.resolve(path)
+        payload = checkpoint.load(ckpt_path)
+        config = from_dict(payload["config"])
+        tokenizers = _tokenizers_from_payload(payload, ckpt_path)
+        model = build_model(config.model, len(tokenizers.src), len(tokenizers.tgt))
+        model.load_state_dict(payload["model"])
+        device = torch.device(device)
+        return cls(model.to(device), tokenizers, config, device, str(ckpt_path))
+
+    def decode_config(self, **overrides) -> DecodeConfig:
+        cfg = replace(self.config.decode, **{k: v for k, v in overrides.items() if v is not None})
+        if cfg.nbest > cfg.beam:
+            raise Seq2SeqError(f"--nbest ({cfg.nbest}) must be <= --beam ({cfg.beam})")
+        return cfg
+
+    def translate(self, lines: list[str], **decode) -> list[str]:
+        """One output line per input line; empty or whitespace-only input gives ''."""
+        return [nbest[0].text if nbest else "" for nbest in self.translate_with_details(lines, **decode)]
+
+    def translate_with_details(self, lines: list[str], return_attention: bool = False,
+                               **decode) -> list[list[Translation]]:
+        """n-best Translations per line ([] for an empty line)."""
+        cfg = self.decode_config(**decode)
+        keep = [i for i, line in enumerate(lines) if line.strip()]
+        src = self.tokenizers.src.encode([lines[i] for i in keep])
+        hyps = decode_ids(self.model, src, cfg, self.device, return_attention)
+        out: list[list[Translation]] = [[] for _ in lines]
+        for i, s, nbest in zip(keep, src, hyps):
+            texts = self.tokenizers.tgt.decode([h.tokens for h in nbest])
+            src_pieces = self.tokenizers.src.pieces(s)
+            out[i] = [Translation(text, self.tokenizers.tgt.pieces(h.tokens), src_pieces,
+                                  h.log_prob, h.score, h.attention) for text, h in zip(texts, nbest)]
+        return out
+
+
+def _tokenizers_from_payload(payload: dict, ckpt_path: Path) -> Tokenizers:
+    """The checkpoint carries its SentencePiece models; an experiment directory beside it
+    must hold the same ones (else the checkpoint and the directory do not belong together)."""
+    tok = payload["tokenizer"]
+    models = {side: Vocab.from_bytes(tok[side], f"{ckpt_path}:{side}") for side in ("src", "tgt")}
+    if ckpt_path.parent.name == "checkpoints":
+        expdir = ckpt_path.parent.parent
+        names = ({"src": "spm.model", "tgt": "spm.model"} if tok["joint"]
+                 else {"src": "spm.src.model", "tgt": "spm.tgt.model"})
+        for side, name in names.items():
+            on_disk = expdir / name
+            if on_disk.is_file() and Vocab.load(on_disk).checksum != models[side].checksum:
+                raise Seq2SeqError(f"{ckpt_path}: its SentencePiece model differs from {on_disk} (the "
+                                   "checkpoint belongs to another experiment, or the tokenizer was retrained)")
+    return Tokenizers(models["src"], models["tgt"] if not tok["joint"] else models["src"])
