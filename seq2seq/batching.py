@@ -126,9 +126,9 @@ class TokenBatchSampler:
         batches = make_batches(order, self.sizes, self.batch_tokens)
         perm = torch.randperm(len(batches), generator=g).tolist()
         batches = [batches[p] for p in perm]
-        if self.world_size > 1:
-            extra = -len(batches) % self.world_size
-            batches = batches + batches[:extra]
+        if self.world_size > 1:  # wrap around (cyclically: there may be fewer batches than ranks)
+            total = -(-len(batches) // self.world_size) * self.world_size
+            batches = [batches[i % len(batches)] for i in range(total)]
             batches = batches[self.rank::self.world_size]
         return batches
 

@@ -117,9 +117,17 @@ def cmd_translate(args) -> int:
     translator = Translator.load(args.model, args.device)
     decode = _decode_kwargs(args)
     translator.decode_config(**decode)  # validate before reading input
-    src = open(args.input, "rb") if args.input else sys.stdin.buffer
+    try:
+        src = open(args.input, "rb") if args.input else sys.stdin.buffer
+    except OSError as e:
+        raise Seq2SeqError(f"{args.input}: cannot read ({e.strerror})") from None
     tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp") if args.output else None
-    out = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
+    try:
+        out = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
+    except OSError as e:
+        if args.input:
+            src.close()
+        raise Seq2SeqError(f"{args.output}: cannot write ({e.strerror})") from None
     chunk = 1 if (not args.input and sys.stdin.isatty()) else 2000
     name, number = args.input or "<stdin>", 0
     try:

@@ -270,7 +270,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> Config:
     raw: dict = {}
     if path is not None:
         raw = read_toml(Path(path))
-        _resolve_paths(raw, Path(path).parent)
+        _resolve_paths(raw, Path(path).parent.absolute())
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
@@ -292,12 +292,13 @@ def read_toml(path: Path) -> dict:
 
 
 def _resolve_paths(raw: dict, base: Path) -> None:
-    """Relative file paths in [data] are relative to the recipe file, not the cwd."""
+    """Relative file paths in [data] are relative to the recipe file, not the cwd; `~` is
+    expanded (config files do not go through a shell)."""
     data = raw.get("data")
     if not isinstance(data, dict):
         return
     def fix(p: Any) -> Any:
-        return str(base / p) if isinstance(p, str) and not Path(p).is_absolute() else p
+        return str(base / Path(p).expanduser()) if isinstance(p, str) else p
     for key in ("train", "valid"):
         if isinstance(data.get(key), list):
             data[key] = [fix(p) for p in data[key]]
@@ -373,12 +374,12 @@ def diff(a: Config, b: Config, ignore_sections: tuple[str, ...] = ()) -> list[st
     out: list[str] = []
 
     def walk(x: Any, y: Any, prefix: str) -> None:
-        if isinstance(x, dict):
-            for k in x:
-                if prefix + k not in ignore_sections:
-                    walk(x[k], y.get(k), f"{prefix}{k}.")
+        if dataclasses.is_dataclass(x):  # recurse into sections only: a dict value (data.test) is one key
+            for f in dataclasses.fields(x):
+                if prefix + f.name not in ignore_sections:
+                    walk(getattr(x, f.name), getattr(y, f.name), f"{prefix}{f.name}.")
         elif x != y:
             out.append(prefix.rstrip("."))
 
-    walk(to_dict(a), to_dict(b), "")
+    walk(a, b, "")
     return out

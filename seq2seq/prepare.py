@@ -92,7 +92,7 @@ def _encoded(cfg: Config, expdir: Path, name: str, paths: tuple[Path, Path],
         try:
             data = torch.load(path, weights_only=True)
             if data.get("key") == key:
-                return EncodedSplit(name, data["src"], data["tgt"], data["refs"])
+                return EncodedSplit(name, _unpack(*data["src"]), _unpack(*data["tgt"]), data["refs"])
         except Exception:  # a damaged cache is rebuilt, never trusted
             pass
     src_lines, tgt_lines = corpus.read_parallel(*paths)
@@ -103,10 +103,25 @@ def _encoded(cfg: Config, expdir: Path, name: str, paths: tuple[Path, Path],
     split = EncodedSplit(name, src, tgt, refs)
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "src": src, "tgt": tgt, "refs": refs}, tmp)
+    torch.save({"key": key, "src": _pack(src), "tgt": _pack(tgt), "refs": refs}, tmp)
     os.replace(tmp, path)
     log(f"prepare: encoded {name}: {len(src)} pairs from {paths[0].name}, {paths[1].name}")
     return split
+
+
+def _pack(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids as one flat tensor + lengths: torch.load(weights_only=True) unpickles nested lists of
+    ints in pure Python, which is slower than encoding the split again."""
+    flat = torch.tensor([i for s in seqs for i in s], dtype=torch.int32)
+    return flat, torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+
+
+def _unpack(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    ids, out, start = flat.tolist(), [], 0
+    for n in lengths.tolist():
+        out.append(ids[start:start + n])
+        start += n
+    return out
 
 
 def _filter_training(src_lines, tgt_lines, src, tgt, max_len: int, log):

@@ -86,6 +86,7 @@ class Progress:
     since_best: int = 0           # validations without improvement (early stopping)
     bad_steps: int = 0            # consecutive non-finite updates
     skipped_steps: int = 0        # all non-finite updates
+    loss_avg: float | None = None  # smoothed training loss, so logged losses continue across a resume
     history: list = field(default_factory=list)
 
 
@@ -278,7 +279,8 @@ def _loop(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared, exp
     train_split = prepared.splits["train"]
     bar = tqdm(total=t.max_steps or None, initial=progress.step, disable=not is_main,
                dynamic_ncols=True, unit="step", smoothing=0.05)
-    started, window_tokens, window_start, loss_avg = time.monotonic() - progress.elapsed, 0, time.monotonic(), None
+    started, window_tokens, window_start = time.monotonic() - progress.elapsed, 0, time.monotonic()
+    loss_avg = progress.loss_avg
     while not _should_stop(progress, sampler, t, started, world):
         batch = collate(train_split, sampler.next_batch()).to(device)
         lr = schedule.lr(progress.step)
@@ -295,6 +297,7 @@ def _loop(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared, exp
         else:
             progress.bad_steps = 0
             loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
+            progress.loss_avg = loss_avg
         window_tokens += batch.ntokens * world
         bar.update(1)
         if progress.step % t.log_every == 0:

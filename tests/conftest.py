@@ -61,7 +61,7 @@ batch_tokens = 600
 lr = 0.01
 label_smoothing = 0.0
 max_steps = {steps}
-valid_every = {steps}
+valid_every = 100
 seed = 1
 threads = 1
 schedule = "constant"
@@ -75,7 +75,7 @@ max_len_b = 4
 SYMBOLS = "abcdefghij"
 
 
-def make_reverse_task(root: Path, n_train: int = 3000, seed: int = 0, steps: int = 400,
+def make_reverse_task(root: Path, n_train: int = 3000, seed: int = 0, steps: int = 700,
                       feed: str = "gnmt", vocab: int = 24) -> Path:
     """Files for the synthetic reverse task (space-separated letters, target reversed) and a
     recipe over them; returns the recipe path."""
