@@ -8,8 +8,9 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+    # TORCH_INDEX_URL: optionally PyTorch's CPU-only wheel index, to avoid the large CUDA build.
     echo "setup: installing torch 2.13.0"
-    .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+    .venv/bin/pip install --quiet --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 fi
 echo "setup: installing seq2seq and its dependencies"
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]"

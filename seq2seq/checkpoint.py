@@ -87,3 +87,37 @@ def save_step(payload: dict[str, Any], expdir: Path, step: int, keep_last: int, 
 def step_checkpoints(expdir: Path) -> list[Path]:
     """The kept step checkpoints, oldest first."""
     return sorted((expdir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+
+def average(paths: list[Path]) -> dict[str, Any]:
+    """The element-wise mean of several checkpoints' weights (fairseq's / Marian's trick).
+
+    All must have the same parameters, shapes and vocabularies. The result translates like
+    any checkpoint; it carries no optimizer state, so it cannot be resumed from.
+    """
+    if not paths:
+        raise Seq2SeqError("no checkpoints to average")
+    first = load(paths[0])
+    total = {k: v.double() for k, v in first["model"].items()}
+    for path in paths[1:]:
+        payload = load(path)
+        _check_same_shapes(first, paths[0], payload, path)
+        for k, v in payload["model"].items():
+            total[k] += v.double()
+    model = {k: (total[k] / len(paths)).to(v.dtype) if v.is_floating_point() else v
+             for k, v in first["model"].items()}
+    return {"config": first["config"], "tokenizer": first["tokenizer"], "model": model,
+            "averaged_from": [str(p) for p in paths]}
+
+
+def _check_same_shapes(a: dict, a_path: Path, b: dict, b_path: Path) -> None:
+    if a["tokenizer"]["checksums"] != b["tokenizer"]["checksums"]:
+        raise Seq2SeqError(f"{b_path}: its SentencePiece models differ from those of {a_path}")
+    ma, mb = a["model"], b["model"]
+    if ma.keys() != mb.keys():
+        odd = sorted(set(ma) ^ set(mb))[0]
+        raise Seq2SeqError(f"{b_path}: parameters differ from {a_path} (e.g. {odd})")
+    for k in ma:
+        if ma[k].shape != mb[k].shape:
+            raise Seq2SeqError(f"{b_path}: {k} has shape {tuple(mb[k].shape)}, "
+                               f"but {tuple(ma[k].shape)} in {a_path}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
 from pathlib import Path
 
@@ -39,28 +41,50 @@ def build_parser() -> Parser:
     s.add_argument("--resume", action="store_true", help="continue from EXPDIR/checkpoints/last.pt")
 
     s = sub.add_parser("translate", help="translate text (stdin -> stdout by default)")
-    s.add_argument("model", help="experiment directory or checkpoint file")
+    s.add_argument("model", nargs="+", help="experiment directory or checkpoint file; several make an ensemble")
     s.add_argument("-i", "--input", help="input file (default: stdin)")
     s.add_argument("-o", "--output", help="output file (default: stdout)")
     _decode_options(s)
     s.add_argument("--nbest", type=int, help="print K hypotheses per line as 'index ||| text ||| score'")
     s.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict",
                    help="invalid UTF-8 input: stop with an error naming the line, or replace")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--attention-dir", help="also write one attention map (PNG) per input line here")
+    s.add_argument("--buffer-lines", type=int, default=2000,
+                   help="translate at most this many lines at once (input that pauses is translated at once)")
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
     s = sub.add_parser("score", help="sacreBLEU BLEU and chrF of hypotheses against references")
     s.add_argument("--ref", required=True, help="reference file (plain or .gz)")
     s.add_argument("--hyp", help="hypothesis file (default: stdin)")
     s.add_argument("--json", action="store_true", help="print the scores as JSON")
     s.add_argument("--lowercase", action="store_true")
-    s.add_argument("--tokenize", help="sacrebleu tokenizer (13a, intl, none, ...)")
+    s.add_argument("--tokenize", choices=("none", "13a", "intl", "char", "zh", "ja-mecab", "ko-mecab", "spm",
+                                          "flores101", "flores200"),
+                   help="sacrebleu tokenizer (default 13a)")
 
     s = sub.add_parser("evaluate", help="translate a split of the model's recipe, score it, write a results card")
     s.add_argument("model")
     s.add_argument("--split", default="test_2016_flickr", help="valid, val or a test split name")
     s.add_argument("--data-dir")
     _decode_options(s)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+    s = sub.add_parser("plot", help="learning curves (loss, validation loss and BLEU) from metrics.jsonl")
+    s.add_argument("expdir", nargs="+", help="experiment directories, one line each")
+    s.add_argument("-o", "--output", default="curves.png")
+    s.add_argument("--x", choices=("step", "minutes"), default="step", help="horizontal axis")
+
+    s = sub.add_parser("attention", help="attention heatmap of one sentence's translation")
+    s.add_argument("model")
+    s.add_argument("sentence")
+    s.add_argument("-o", "--output", default="attention.png")
+    s.add_argument("--json", action="store_true", help="print the raw matrix and subwords as JSON instead")
+    _decode_options(s)
+
+    s = sub.add_parser("average", help="average the weights of several checkpoints")
+    s.add_argument("inputs", nargs="+", help="checkpoint files, or one experiment directory with --last")
+    s.add_argument("--last", type=int, help="average the newest N step checkpoints of the experiment directory")
+    s.add_argument("-o", "--output", required=True)
     return p
 
 
@@ -78,6 +102,8 @@ def _decode_kwargs(args) -> dict:
     kw = {"beam": args.beam, "length_penalty": args.length_penalty, "coverage_penalty": args.coverage_penalty,
           "batch_tokens": args.batch_tokens, "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
           "no_repeat_ngram": args.no_repeat_ngram, "nbest": getattr(args, "nbest", None)}
+    if getattr(args, "buffer_lines", 1) < 1:
+        raise Seq2SeqError(f"--buffer-lines must be >= 1, got {args.buffer_lines}")
     for key in ("beam", "batch_tokens", "nbest"):
         if kw[key] is not None and kw[key] < 1:
             raise Seq2SeqError(f"--{key.replace('_', '-')} must be >= 1, got {kw[key]}")
@@ -114,8 +140,8 @@ def cmd_train(args) -> int:
 
 def cmd_translate(args) -> int:
     from seq2seq.translate import Translator
-    translator = Translator.load(args.model, args.device)
     decode = _decode_kwargs(args)
+    translator = Translator.load(args.model, args.device)
     translator.decode_config(**decode)  # validate before reading input
     try:
         src = open(args.input, "rb") if args.input else sys.stdin.buffer
@@ -128,12 +154,11 @@ def cmd_translate(args) -> int:
         if args.input:
             src.close()
         raise Seq2SeqError(f"{args.output}: cannot write ({e.strerror})") from None
-    chunk = 1 if (not args.input and sys.stdin.isatty()) else 2000
     name, number = args.input or "<stdin>", 0
     try:
         with src:
-            for lines in _read_chunks(src, chunk, name, args.encoding_errors):
-                _write_translations(out, translator, lines, number, args.nbest, decode)
+            for lines in _read_chunks(src, args.buffer_lines, name, args.encoding_errors):
+                _write_translations(out, translator, lines, number, args, decode)
                 out.flush()
                 number += len(lines)
         if tmp:
@@ -146,32 +171,58 @@ def cmd_translate(args) -> int:
     return 0
 
 
-def _write_translations(out, translator, lines: list[str], first: int, nbest: int | None, decode: dict) -> None:
-    if not nbest:
+def _write_translations(out, translator, lines: list[str], first: int, args, decode: dict) -> None:
+    if not (args.nbest or args.attention_dir):
         out.writelines(h + "\n" for h in translator.translate(lines, **decode))
         return
-    for i, hyps in enumerate(translator.translate_with_details(lines, **decode)):
-        for t in hyps or [None]:  # an empty input line still gets one (empty) entry
-            out.write(f"{first + i} ||| {t.text if t else ''} ||| {t.score if t else 0.0:.4f}\n")
+    maps = Path(args.attention_dir) if args.attention_dir else None
+    details = translator.translate_with_details(lines, return_attention=maps is not None, **decode)
+    for i, hyps in enumerate(details):
+        if args.nbest:  # always K entries; an empty line's first is the empty translation
+            entries = [(t.text, t.score) for t in hyps] or [("", 0.0)]
+            entries += [("", float("-inf"))] * (args.nbest - len(entries))
+            out.writelines(f"{first + i} ||| {text} ||| {score:.4f}\n" for text, score in entries)
+        else:
+            out.write((hyps[0].text if hyps else "") + "\n")
+        if maps is not None and hyps:
+            from seq2seq.plot import attention_map
+            maps.mkdir(parents=True, exist_ok=True)
+            t = hyps[0]
+            attention_map(t.attention.numpy(), t.src_tokens + ["</s>"], t.tokens + ["</s>"], maps / f"{first + i}.png")
 
 
-def _read_chunks(f, size: int, name: str, errors: str):
-    """Lines split on b'\\n' only, one trailing '\\r' stripped, decoded as UTF-8."""
-    lines, number = [], 0
-    for raw in f:
+def _read_chunks(f, max_lines: int, name: str, errors: str):
+    """Yield lists of input lines: up to `max_lines` at a time, or whatever has arrived as
+    soon as the input pauses, so that a pipe fed line by line gets each answer at once.
+    Lines split on b'\\n' only, one trailing '\\r' stripped, decoded as UTF-8."""
+    fd, pending, lines, number = f.fileno(), b"", [], 0
+
+    def decode(raw: bytes) -> str:
+        nonlocal number
         number += 1
-        raw = raw[:-1] if raw.endswith(b"\n") else raw
         raw = raw[:-1] if raw.endswith(b"\r") else raw
         try:
-            lines.append(raw.decode("utf-8", errors=errors))
+            return raw.decode("utf-8", errors=errors)
         except UnicodeDecodeError as e:
             raise Seq2SeqError(f"{name}:{number}: invalid UTF-8 at byte {e.start} "
                                "(use --encoding-errors replace to go on)") from None
-        if len(lines) >= size:
+
+    while True:
+        data = os.read(fd, 1 << 16)
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        lines.extend(decode(raw) for raw in complete)
+        if not data and pending:  # a last line without a newline
+            lines.append(decode(pending))
+            pending = b""
+        while len(lines) >= max_lines:
+            yield lines[:max_lines]
+            lines = lines[max_lines:]
+        if lines and (not data or not select.select([fd], [], [], 0)[0]):
             yield lines
             lines = []
-    if lines:
-        yield lines
+        if not data:
+            return
 
 
 def cmd_score(args) -> int:
@@ -179,7 +230,7 @@ def cmd_score(args) -> int:
     if args.hyp:
         hyps, name = corpus.read_lines(args.hyp), args.hyp
     else:
-        hyps, name = [line.rstrip("\n").removesuffix("\r") for line in sys.stdin], "<stdin>"
+        hyps, name = corpus.split_lines(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
     scores = evaluate.score_files(args.ref, hyps, name, lowercase=args.lowercase, tokenize=args.tokenize)
     print(json.dumps(scores, indent=2) if args.json else evaluate.format_scores(scores))
     return 0
@@ -187,25 +238,63 @@ def cmd_score(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from seq2seq import evaluate
-    from seq2seq.prepare import split_files
     from seq2seq.translate import Translator
+    decode = _decode_kwargs(args)
     translator = Translator.load(args.model, args.device)
-    files = split_files(translator.config, args.data_dir)
-    split = "valid" if args.split in ("valid", translator.config.data.valid_split) else args.split
-    if split not in files:
-        raise Seq2SeqError(f"--split {args.split}: the recipe has splits {', '.join(sorted(files))}")
-    ckpt = Path(translator.source)
-    expdir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    card = evaluate.evaluate(translator, args.split, *files[split], expdir / "results", **_decode_kwargs(args))
+    card = evaluate.evaluate_split(translator, args.split, args.data_dir, **decode)
     print(f"{args.split}: BLEU = {card['bleu']:.2f}  ({card['bleu_signature']})")
     print(f"{args.split}: chrF = {card['chrf']:.2f}  ({card['chrf_signature']})")
     print(f"{args.split}: lowercased 13a BLEU = {card['lowercase_13a_bleu']:.2f}; "
-          f"{card['sentences_per_second']} sentences/s; card: {expdir / 'results' / (args.split + '.json')}")
+          f"{card['sentences_per_second']} sentences/s; results card: {card['card']}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from seq2seq.plot import learning_curves
+    learning_curves([Path(d) for d in args.expdir], Path(args.output), args.x)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_attention(args) -> int:
+    from seq2seq.translate import Translator
+    decode = _decode_kwargs(args)
+    translator = Translator.load(args.model)
+    (nbest,) = translator.translate_with_details([args.sentence], return_attention=True, **decode)
+    if not nbest:
+        raise Seq2SeqError("the sentence is empty")
+    t = nbest[0]
+    src, tgt = t.src_tokens + ["</s>"], t.tokens + ["</s>"]
+    if args.json:
+        print(json.dumps({"translation": t.text, "source_tokens": src, "target_tokens": tgt,
+                          "attention": t.attention.tolist()}, ensure_ascii=False))
+        return 0
+    from seq2seq.plot import attention_map
+    attention_map(t.attention.numpy(), src, tgt, Path(args.output))
+    print(f"{t.text}\nwrote {args.output}")
+    return 0
+
+
+def cmd_average(args) -> int:
+    from seq2seq import checkpoint
+    if args.last is not None:
+        if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
+            raise Seq2SeqError("--last N takes exactly one experiment directory")
+        if args.last < 1:
+            raise Seq2SeqError(f"--last must be >= 1, got {args.last}")
+        paths = checkpoint.step_checkpoints(Path(args.inputs[0]))[-args.last:]
+        if len(paths) < args.last:
+            raise Seq2SeqError(f"{args.inputs[0]}: only {len(paths)} step checkpoints kept, asked for {args.last}")
+    else:
+        paths = [checkpoint.resolve(p) for p in args.inputs]
+    checkpoint.save(checkpoint.average(paths), Path(args.output))
+    print(f"averaged {len(paths)} checkpoints into {args.output}: {', '.join(p.name for p in paths)}")
     return 0
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_translate,
-            "score": cmd_score, "evaluate": cmd_evaluate}
+            "score": cmd_score, "evaluate": cmd_evaluate, "plot": cmd_plot,
+            "attention": cmd_attention, "average": cmd_average}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()  # `seq2seq translate ... | head`: not an error
         return 0
+    except OSError as e:  # full disk, unwritable directory, ...: the user's to fix, not a bug
+        print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

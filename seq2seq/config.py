@@ -120,6 +120,7 @@ class TrainConfig:
     bf16: bool = _opt(False, help="bf16 autocast on CUDA")
     log_every: int = _opt(50, ge=1)
     max_bad_steps: int = _opt(10, ge=1, help="consecutive non-finite steps before giving up")
+    tensorboard: bool = _opt(False, help="also write metrics as TensorBoard scalars (needs tensorboard)")
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def from_dict(d: dict, cls: type = Config, prefix: str = "") -> Any:
         else:
             values[name] = _coerce(d[name], hint, prefix + name)
     obj = cls(**values)
-    _check_ranges(obj, prefix)
+    check_ranges(obj, prefix)
     return obj
 
 
@@ -221,7 +222,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint} for {key}")  # a bug in this module
 
 
-def _check_ranges(obj: Any, prefix: str) -> None:
+def check_ranges(obj: Any, prefix: str) -> None:
+    """Range/choice checks of one section, e.g. a DecodeConfig changed by command-line options."""
     for f in dataclasses.fields(obj):
         v, m = getattr(obj, f.name), f.metadata
         key = prefix + f.name
@@ -251,7 +253,12 @@ def check_consistency(cfg: Config) -> None:
             raise Seq2SeqError("model.share_embeddings needs tokenizer.joint = true")
         if enc.embedding != dec.embedding:
             raise Seq2SeqError("model.share_embeddings needs model.encoder.embedding == model.decoder.embedding")
-    if cfg.data.corpus == "files":
+    if cfg.data.corpus != "files":
+        for key in ("train", "valid", "test"):
+            if getattr(cfg.data, key):
+                raise Seq2SeqError(f"data.{key} names files, but data.corpus = {cfg.data.corpus!r}; "
+                                   "set data.corpus = \"files\" to use your own files")
+    else:
         for key in ("train", "valid"):
             if len(getattr(cfg.data, key)) != 2:
                 raise Seq2SeqError(f"data.{key} must be [src_path, tgt_path] when data.corpus = 'files'")

@@ -46,7 +46,7 @@ def read_lines(path: str | Path) -> list[str]:
     One trailing "\\r" per line is dropped (files written on Windows); nothing else is touched.
     """
     path = Path(path)
-    return _split_lines(_read_bytes(path), str(path))
+    return split_lines(_read_bytes(path), str(path))
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
@@ -78,7 +78,7 @@ def _read_bytes(path: Path) -> bytes:
         raise Seq2SeqError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def _split_lines(data: bytes, name: str) -> list[str]:
+def split_lines(data: bytes, name: str) -> list[str]:
     """Decode strict UTF-8 and split on "\\n"; `name` is what error messages call the source."""
     try:
         text = data.decode("utf-8")
@@ -219,7 +219,7 @@ def _verify_download(path: Path, url: str, expected_lines: int) -> None:
         raise Seq2SeqError(
             f"download from {url} is not a valid gzip file ({exc}); {_LOCAL_COPY_HINT}"
         ) from None
-    n_lines = len(_split_lines(data, url))
+    n_lines = len(split_lines(data, url))
     if n_lines != expected_lines:
         raise Seq2SeqError(
             f"download from {url} has {n_lines} lines, expected {expected_lines}; "

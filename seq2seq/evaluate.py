@@ -20,6 +20,7 @@ from seq2seq import __version__, corpus
 from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import to_dict
 from seq2seq.errors import Seq2SeqError
+from seq2seq.prepare import split_files, split_names
 
 
 def score(hyps: list[str], refs: list[str], lowercase: bool = False, tokenize: str | None = None) -> dict:
@@ -45,6 +46,18 @@ def format_scores(s: dict) -> str:
     return f"BLEU = {s['bleu']:.2f}  ({s['bleu_signature']})\nchrF = {s['chrf']:.2f}  ({s['chrf_signature']})"
 
 
+def evaluate_split(translator, split: str, data_dir: str | None = None, **decode) -> dict:
+    """Evaluate on a split of the model's own recipe; the card goes to EXPDIR/results/."""
+    cfg = translator.config
+    name = "valid" if split in ("valid", cfg.data.valid_split) else split
+    if name not in split_names(cfg):
+        raise Seq2SeqError(f"--split {split}: the recipe has splits {', '.join(sorted(split_names(cfg)))}")
+    (src, ref), = split_files(cfg, data_dir, only=[name]).values()
+    ckpt = Path(translator.source)
+    expdir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return evaluate(translator, split, src, ref, expdir / "results", **decode)
+
+
 def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Path, **decode) -> dict:
     """Translate a split, score it, write hypotheses and the results card atomically."""
     sources, refs = corpus.read_parallel(src_path, ref_path)
@@ -66,6 +79,9 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
         "torch_version": torch.__version__, "device": str(translator.device),
         "threads": torch.get_num_threads(), "machine": platform.machine(), "hypotheses": str(out_dir / f"{tag}.hyp"),
+        "card": str(out_dir / f"{tag}.json"),
     }
-    atomic_write_bytes(out_dir / f"{split}.json", (json.dumps(card, indent=2) + "\n").encode())
+    text = (json.dumps(card, indent=2) + "\n").encode()
+    atomic_write_bytes(out_dir / f"{tag}.json", text)      # one card per decode setting ...
+    atomic_write_bytes(out_dir / f"{split}.json", text)    # ... and the latest one under the split's name
     return card

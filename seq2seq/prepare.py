@@ -31,18 +31,26 @@ class Prepared:
     files: dict[str, tuple[Path, Path]]  # the raw (src, tgt) files of each split
 
 
-def split_files(cfg: Config, data_dir: str | None = None, download: bool = True) -> dict[str, tuple[Path, Path]]:
-    """Map split name -> (src file, tgt file) for the recipe's corpus."""
+def split_names(cfg: Config) -> list[str]:
+    """"train", "valid", then the test split names."""
+    tests = cfg.data.test if cfg.data.corpus == "files" else cfg.data.test_splits
+    return ["train", "valid", *tests]
+
+
+def split_files(cfg: Config, data_dir: str | None = None, only: list[str] | None = None,
+                download: bool = True) -> dict[str, tuple[Path, Path]]:
+    """Map split name -> (src file, tgt file) for the recipe's corpus (`only` those splits).
+    Multi30K comes from --data-dir, else $SEQ2SEQ_DATA_DIR, else data.data_dir, else data/multi30k."""
     d = cfg.data
     if d.corpus == "files":
         files = {"train": tuple(map(Path, d.train)), "valid": tuple(map(Path, d.valid))}
         files.update({name: tuple(map(Path, pair)) for name, pair in d.test.items()})
-        return files
-    root = corpus.resolve_data_dir(data_dir or d.data_dir or None)
+        return {k: v for k, v in files.items() if only is None or k in only}
+    root = corpus.resolve_data_dir(data_dir or os.environ.get("SEQ2SEQ_DATA_DIR") or d.data_dir or None)
     names = {"train": "train", "valid": d.valid_split, **{t: t for t in d.test_splits}}
     return {name: (corpus.multi30k_path(root, split, d.src, download),
                    corpus.multi30k_path(root, split, d.tgt, download))
-            for name, split in names.items()}
+            for name, split in names.items() if only is None or name in only}
 
 
 def prepare(cfg: Config, expdir: Path, data_dir: str | None = None, log=print) -> Prepared:
@@ -62,7 +70,7 @@ def _file_digest(path: Path) -> str:
 
 def _tokenizers(cfg: Config, expdir: Path, train_files: tuple[Path, Path], log) -> Tokenizers:
     meta_path = expdir / "prepare.json"
-    want = {"tokenizer": to_dict(cfg.tokenizer), "seed": cfg.train.seed,
+    want = {"tokenizer": to_dict(cfg.tokenizer), "seed": cfg.train.seed if cfg.tokenizer.seed_sentences else None,
             "train": [_file_digest(p) for p in train_files]}
     if meta_path.exists():
         try:

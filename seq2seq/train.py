@@ -8,6 +8,7 @@ validation BLEU so that every rank steps its learning-rate schedule the same way
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from seq2seq.translate import decode_ids
 # Keys that may change when resuming: they steer the run, not the model or its data.
 RESUMABLE = ("train.max_steps", "train.max_epochs", "train.max_minutes", "train.valid_every",
              "train.patience", "train.keep_last", "train.log_every", "train.threads",
-             "train.device", "train.max_bad_steps", "train.warmup_steps", "train.valid_beam",
+             "train.device", "train.max_bad_steps", "train.warmup_steps", "train.valid_beam", "train.tensorboard",
              "decode", "data.data_dir", "data.test_splits", "data.test")
 
 
@@ -189,6 +190,18 @@ def make_payload(model: Seq2Seq, optimizer, schedule: LRSchedule, sampler: Token
     }
 
 
+def check_before_prepare(cfg: Config, expdir: Path, resume: bool) -> None:
+    """Refuse to touch an experiment directory that holds another run: preparing first could
+    retrain its SentencePiece model and orphan its checkpoints."""
+    last = expdir / "checkpoints" / "last.pt"
+    if resume:
+        if not last.exists():
+            raise Seq2SeqError(f"--resume: no checkpoint at {last}")
+        check_resumable(from_dict(checkpoint.load(last)["config"]), cfg)
+    elif last.exists():
+        raise Seq2SeqError(f"{expdir} already holds a training run; use --resume or another --out")
+
+
 def check_resumable(old: Config, new: Config) -> None:
     changed = [k for k in diff(old, new) if not any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
     if changed:
@@ -201,6 +214,7 @@ def check_resumable(old: Config, new: Config) -> None:
 
 def run(cfg: Config, expdir: Path, data_dir: str | None = None, resume: bool = False) -> dict:
     """Prepare (rank 0 first, the others then reuse its cache) and train."""
+    check_before_prepare(cfg, expdir, resume)  # before prepare() may retrain the tokenizer
     device = setup_device(cfg)
     rank, world = setup_distributed(device)
     if rank != 0:
@@ -235,161 +249,212 @@ class Interrupted(Exception):
         self.exit_code = 128 + signum
 
 
+class MetricsLog:
+    """Appends records to EXPDIR/metrics.jsonl (rank 0 only) and, when train.tensorboard is
+    set, writes their numeric fields as TensorBoard scalars too."""
+
+    def __init__(self, expdir: Path, enabled: bool, tensorboard: bool):
+        self.path, self.enabled, self.writer = expdir / "metrics.jsonl", enabled, None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise Seq2SeqError("train.tensorboard = true needs the tensorboard package: "
+                                   "pip install tensorboard") from None
+            self.writer = SummaryWriter(str(expdir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": time.time(), **record}) + "\n")
+        if self.writer is not None and "step" in record:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "time"):
+                    self.writer.add_scalar(f"{record['type']}/{key}", value, record["step"])
+            self.writer.flush()
+
+
+@dataclass
+class Run:
+    """The pieces of one training run, passed to the loop's short functions."""
+
+    cfg: Config
+    expdir: Path
+    prepared: Prepared
+    device: torch.device
+    rank: int
+    world: int
+    model: Seq2Seq
+    ddp: torch.nn.Module          # the model, wrapped for DDP when world > 1
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    sampler: TokenBatchSampler
+    progress: Progress
+    metrics: MetricsLog
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
+    def payload(self) -> dict:
+        return make_payload(self.model, self.optimizer, self.schedule, self.sampler, self.progress,
+                            self.cfg, self.prepared)
+
+
 def train(cfg: Config, expdir: Path, prepared: Prepared, resume: bool = False) -> dict:
-    device = setup_device(cfg)
-    rank, world = setup_distributed(device)
-    is_main = rank == 0
-    torch.manual_seed(cfg.train.seed)
-    vocab_src, vocab_tgt = len(prepared.tokenizers.src), len(prepared.tokenizers.tgt)
-    model = build_model(cfg.model, vocab_src, vocab_tgt).to(device)
-    optimizer = make_optimizer(model, cfg)
-    t = cfg.train
-    schedule = LRSchedule(t.lr, t.schedule, t.warmup_steps, t.plateau_factor, t.plateau_patience, t.min_lr)
-    sampler = TokenBatchSampler(prepared.splits["train"].sizes(), t.batch_tokens, t.seed, rank, world)
-    progress = Progress()
-    last = expdir / "checkpoints" / "last.pt"
-    if resume:
-        _restore(last, cfg, model, optimizer, schedule, sampler, progress, device)
-    elif last.exists():
-        raise Seq2SeqError(f"{expdir} already holds a training run; use --resume or another --out")
-    log = tqdm.write if is_main else (lambda *a, **k: None)
-    if is_main:
+    run = _build_run(cfg, expdir, prepared, resume)
+    if run.is_main:
         checkpoint.atomic_write_bytes(expdir / "config.toml", dump_toml(cfg).encode())
-        log(summary(model))
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if (t.bf16 and device.type == "cuda")
-                else nullcontext())
+        run.log(summary(run.model))
     with StopRequest() as stop:
-        _loop(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared, expdir,
-              device, autocast, is_main, world, stop, log)
-    result = {"best_bleu": progress.best_bleu, "best_step": progress.best_step, "steps": progress.step,
-              "minutes": progress.elapsed / 60, "skipped_steps": progress.skipped_steps}
-    if world > 1:
-        result["rank_checksums"] = _rank_checksums(model, world)
-    if is_main:
-        _append_metrics(expdir, {"type": "summary", **result})
-        log(f"done: {progress.step} steps in {progress.elapsed / 60:.1f} min; best valid BLEU "
-            f"{progress.best_bleu:.2f} at step {progress.best_step}")
+        _loop(run, stop)
+    p = run.progress
+    result = {"best_bleu": p.best_bleu, "best_step": p.best_step, "steps": p.step,
+              "minutes": p.elapsed / 60, "skipped_steps": p.skipped_steps}
+    if run.world > 1:
+        result["rank_checksums"] = _rank_checksums(run.model, run.world)
+    run.metrics.write({"type": "summary", **result})
+    run.log(f"done: {p.step} steps in {p.elapsed / 60:.1f} min; best valid BLEU {p.best_bleu:.2f} "
+            f"at step {p.best_step}")
     return result
 
 
-def _loop(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared, expdir, device,
-          autocast, is_main, world, stop, log) -> None:
+def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> Run:
+    device = setup_device(cfg)
+    rank, world = setup_distributed(device)
+    torch.manual_seed(cfg.train.seed)
     t = cfg.train
-    train_split = prepared.splits["train"]
-    bar = tqdm(total=t.max_steps or None, initial=progress.step, disable=not is_main,
+    model = build_model(cfg.model, len(prepared.tokenizers.src), len(prepared.tokenizers.tgt)).to(device)
+    run = Run(cfg, expdir, prepared, device, rank, world, model,
+              torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model,
+              make_optimizer(model, cfg),
+              LRSchedule(t.lr, t.schedule, t.warmup_steps, t.plateau_factor, t.plateau_patience, t.min_lr),
+              TokenBatchSampler(prepared.splits["train"].sizes(), t.batch_tokens, t.seed, rank, world),
+              Progress(), MetricsLog(expdir, rank == 0, t.tensorboard))
+    last = expdir / "checkpoints" / "last.pt"
+    if resume:
+        _restore(run, last)
+    elif last.exists():
+        raise Seq2SeqError(f"{expdir} already holds a training run; use --resume or another --out")
+    return run
+
+
+def _loop(run: Run, stop: StopRequest) -> None:
+    t, p = run.cfg.train, run.progress
+    train_split = run.prepared.splits["train"]
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if (t.bf16 and run.device.type == "cuda")
+                else nullcontext())
+    bar = tqdm(total=t.max_steps or None, initial=p.step, disable=not run.is_main,
                dynamic_ncols=True, unit="step", smoothing=0.05)
-    started, window_tokens, window_start = time.monotonic() - progress.elapsed, 0, time.monotonic()
-    loss_avg = progress.loss_avg
-    while not _should_stop(progress, sampler, t, started, world):
-        batch = collate(train_split, sampler.next_batch()).to(device)
-        lr = schedule.lr(progress.step)
-        loss, norm, finite = train_step(ddp, optimizer, batch, cfg, lr, autocast)
-        progress.step += 1
-        progress.elapsed = time.monotonic() - started
-        if not finite:
-            progress.bad_steps += 1
-            progress.skipped_steps += 1
-            _append_metrics(expdir, {"type": "skipped", "step": progress.step, "loss": loss, "grad_norm": norm}, is_main)
-            if progress.bad_steps >= t.max_bad_steps:
-                raise Seq2SeqError(f"{progress.bad_steps} consecutive non-finite steps (train.max_bad_steps); "
-                                   f"the last good checkpoint is kept in {expdir / 'checkpoints'}")
-        else:
-            progress.bad_steps = 0
-            loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
-            progress.loss_avg = loss_avg
-        window_tokens += batch.ntokens * world
+    started, window_tokens, window_start = time.monotonic() - p.elapsed, 0, time.monotonic()
+    while not _should_stop(run, started):
+        batch = collate(train_split, run.sampler.next_batch()).to(run.device)
+        lr = run.schedule.lr(p.step)
+        loss, norm, finite = train_step(run.ddp, run.optimizer, batch, run.cfg, lr, autocast)
+        p.step += 1
+        p.elapsed = time.monotonic() - started
+        _account(run, loss, norm, finite)
+        window_tokens += batch.ntokens * run.world
         bar.update(1)
-        if progress.step % t.log_every == 0:
+        if p.step % t.log_every == 0:
             tok_s = window_tokens / max(time.monotonic() - window_start, 1e-9)
-            bar.set_postfix(loss=f"{loss_avg or 0:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
-            _append_metrics(expdir, {"type": "train", "step": progress.step, "epoch": sampler.epoch,
-                                     "loss": loss_avg, "lr": lr, "tok_per_s": tok_s,
-                                     "minutes": progress.elapsed / 60}, is_main)
+            bar.set_postfix(loss=f"{p.loss_avg or 0:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}")
+            run.metrics.write({"type": "train", "step": p.step, "epoch": run.sampler.epoch, "loss": p.loss_avg,
+                               "lr": lr, "tok_per_s": tok_s, "minutes": p.elapsed / 60})
             window_tokens, window_start = 0, time.monotonic()
-        if progress.step % t.valid_every == 0:
-            _validate_and_save(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared,
-                               expdir, device, is_main, world, log, loss_avg)
+        if p.step % t.valid_every == 0:
+            _validate_and_save(run)
         if stop.signum:
-            _save_last(model, optimizer, schedule, sampler, progress, cfg, prepared, expdir, is_main)
+            if run.is_main:
+                checkpoint.save(run.payload(), run.expdir / "checkpoints" / "last.pt")
             bar.close()
-            raise Interrupted(stop.signum, expdir / "checkpoints" / "last.pt")
+            raise Interrupted(stop.signum, run.expdir / "checkpoints" / "last.pt")
     bar.close()
-    if progress.step % t.valid_every != 0:  # the final state is always validated and saved
-        _validate_and_save(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared,
-                           expdir, device, is_main, world, log, loss_avg)
+    if p.step % t.valid_every != 0:  # the final state is always validated and saved
+        _validate_and_save(run)
 
 
-def _should_stop(progress: Progress, sampler: TokenBatchSampler, t, started: float, world: int) -> bool:
-    stop = ((t.max_steps and progress.step >= t.max_steps)
-            or (t.max_epochs and sampler.epoch >= t.max_epochs)
+def _account(run: Run, loss: float, norm: float, finite: bool) -> None:
+    """Smoothed loss for good steps; count skipped (non-finite) ones and give up after too many."""
+    p = run.progress
+    if finite:
+        p.bad_steps = 0
+        p.loss_avg = loss if p.loss_avg is None else 0.98 * p.loss_avg + 0.02 * loss
+        return
+    p.bad_steps += 1
+    p.skipped_steps += 1
+    run.metrics.write({"type": "skipped", "step": p.step, "loss": loss, "grad_norm": norm})
+    if p.bad_steps >= run.cfg.train.max_bad_steps:
+        raise Seq2SeqError(f"{p.bad_steps} consecutive non-finite steps (train.max_bad_steps); "
+                           f"the last good checkpoint is kept in {run.expdir / 'checkpoints'}")
+
+
+def _should_stop(run: Run, started: float) -> bool:
+    t, p = run.cfg.train, run.progress
+    stop = ((t.max_steps and p.step >= t.max_steps)
+            or (t.max_epochs and run.sampler.epoch >= t.max_epochs)
             or (t.max_minutes and time.monotonic() - started >= t.max_minutes * 60)
-            or (t.patience and progress.since_best >= t.patience))
-    if world > 1:  # wall time differs between ranks: rank 0 decides
+            or (t.patience and p.since_best >= t.patience))
+    if run.world > 1:  # wall time differs between ranks: rank 0 decides
         flag = torch.tensor([1.0 if stop else 0.0])
         dist.broadcast(flag, 0)
         stop = bool(flag.item())
     return bool(stop)
 
 
-def _validate_and_save(ddp, model, optimizer, schedule, sampler, progress, cfg, prepared, expdir,
-                       device, is_main, world, log, loss_avg) -> None:
-    result = validate(model, prepared.splits["valid"], prepared, cfg, device) if is_main else {}
+def _validate_and_save(run: Run) -> None:
+    """Rank 0 validates and broadcasts BLEU so every rank steps its schedule alike."""
+    p = run.progress
+    result = validate(run.model, run.prepared.splits["valid"], run.prepared, run.cfg, run.device) if run.is_main else {}
     bleu = torch.tensor([result.get("valid_bleu", 0.0)], dtype=torch.float64)
-    if world > 1:
+    if run.world > 1:
         dist.broadcast(bleu, 0)
     bleu = float(bleu.item())
-    schedule.observe(bleu)
-    improved = bleu > progress.best_bleu
+    run.schedule.observe(bleu)
+    improved = bleu > p.best_bleu
     if improved:
-        progress.best_bleu, progress.best_step, progress.since_best = bleu, progress.step, 0
+        p.best_bleu, p.best_step, p.since_best = bleu, p.step, 0
     else:
-        progress.since_best += 1
-    if not is_main:
+        p.since_best += 1
+    if not run.is_main:
         return
-    record = {"type": "valid", "step": progress.step, "epoch": sampler.epoch,
-              "minutes": progress.elapsed / 60, "train_loss": loss_avg,
-              **{k: v for k, v in result.items() if k != "examples"}, "lr": schedule.lr(progress.step)}
-    progress.history.append({k: record[k] for k in ("step", "minutes", "valid_bleu")})
-    _append_metrics(expdir, record)
-    log(f"step {progress.step} ({progress.elapsed / 60:.1f} min): valid loss {result['valid_loss']:.3f} "
-        f"ppl {result['valid_ppl']:.2f} BLEU {bleu:.2f}{' (best)' if improved else ''} | {result['examples'][0]}")
-    payload = make_payload(model, optimizer, schedule, sampler, progress, cfg, prepared)
-    checkpoint.save_step(payload, expdir, progress.step, cfg.train.keep_last, improved)
+    record = {"type": "valid", "step": p.step, "epoch": run.sampler.epoch, "minutes": p.elapsed / 60,
+              "train_loss": p.loss_avg, **{k: v for k, v in result.items() if k != "examples"},
+              "lr": run.schedule.lr(p.step)}
+    p.history.append({k: record[k] for k in ("step", "minutes", "valid_bleu")})
+    run.metrics.write(record)
+    run.log(f"step {p.step} ({p.elapsed / 60:.1f} min): valid loss {result['valid_loss']:.3f} "
+            f"ppl {result['valid_ppl']:.2f} BLEU {bleu:.2f}{' (best)' if improved else ''} | {result['examples'][0]}")
+    checkpoint.save_step(run.payload(), run.expdir, p.step, run.cfg.train.keep_last, improved)
 
 
-def _save_last(model, optimizer, schedule, sampler, progress, cfg, prepared, expdir, is_main) -> None:
-    if is_main:
-        checkpoint.save(make_payload(model, optimizer, schedule, sampler, progress, cfg, prepared),
-                        expdir / "checkpoints" / "last.pt")
-
-
-def _restore(last: Path, cfg: Config, model, optimizer, schedule, sampler, progress, device) -> None:
+def _restore(run: Run, last: Path) -> None:
     if not last.exists():
         raise Seq2SeqError(f"--resume: no checkpoint at {last}")
-    payload = checkpoint.load(last, map_location=device)
-    check_resumable(from_dict(payload["config"]), cfg)
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    schedule.load_state_dict(payload["schedule"])
-    sampler.load_state_dict(payload["sampler"])
+    payload = checkpoint.load(last, map_location=run.device)
+    check_resumable(from_dict(payload["config"]), run.cfg)
+    run.model.load_state_dict(payload["model"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.schedule.load_state_dict(payload["schedule"])
+    run.sampler.load_state_dict(payload["sampler"])
     for k, v in payload["progress"].items():
-        setattr(progress, k, v)
+        setattr(run.progress, k, v)
     torch.set_rng_state(payload["rng"])
     if payload.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
 
 
-def _rank_checksums(model: Seq2Seq, world: int) -> list[float]:
-    mine = torch.tensor([float(sum(p.detach().double().sum() for p in model.parameters()))], dtype=torch.float64)
-    gathered = [torch.zeros_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine)
-    return [float(g.item()) for g in gathered]
-
-
-def _append_metrics(expdir: Path, record: dict, is_main: bool = True) -> None:
-    if not is_main:
-        return
-    with open(expdir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"time": time.time(), **record}) + "\n")
-
+def _rank_checksums(model: Seq2Seq, world: int) -> list[str]:
+    """sha256 of every rank's weights, bit for bit: DDP must keep the replicas identical."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, digest.hexdigest())
+    return gathered

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from seq2seq import checkpoint, search
 from seq2seq.batching import collate_src, eval_batches
-from seq2seq.config import Config, DecodeConfig, from_dict
-from seq2seq.decoder import tile_memory
+from seq2seq.config import Config, DecodeConfig, check_ranges, from_dict
+from seq2seq.ensemble import Ensemble
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import Seq2Seq, build_model
 from seq2seq.search import Hypothesis
@@ -35,7 +35,7 @@ def length_limits(src_lengths: Tensor, cfg: DecodeConfig) -> tuple[Tensor, Tenso
 
 
 @torch.no_grad()
-def decode_batch(model: Seq2Seq, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
+def decode_batch(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
                  return_attention: bool = False) -> list[list[Hypothesis]]:
     """Search one batch of source piece ids; one n-best list per sentence (nbest = 1 for greedy)."""
     ids, lengths, mask = (t.to(device) for t in collate_src(src))
@@ -47,7 +47,7 @@ def decode_batch(model: Seq2Seq, src: list[list[int]], cfg: DecodeConfig, device
                              max_lens, min_lens, cfg.no_repeat_ngram, return_attention)
         return [[h] for h in hyps]
     K = cfg.beam
-    tiled = tile_memory(memory, K)
+    tiled = model.tile(memory, K)
     state = model.reorder(state, torch.arange(B, device=device).repeat_interleave(K))
     return search.beam_search(
         lambda tok, st: model.step(tok, st, tiled), model.reorder, state, B, K, BOS, EOS,
@@ -55,7 +55,7 @@ def decode_batch(model: Seq2Seq, src: list[list[int]], cfg: DecodeConfig, device
         cfg.no_repeat_ngram, return_attention)
 
 
-def decode_ids(model: Seq2Seq, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
+def decode_ids(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
                return_attention: bool = False) -> list[list[Hypothesis]]:
     """Decode many sentences in length-sorted batches of `cfg.batch_tokens` source tokens
     (beam rows included); results come back in input order."""
@@ -77,29 +77,41 @@ class Translation:
     src_tokens: list[str]        # source subwords (EOS excluded)
     log_prob: float
     score: float
-    attention: Tensor | None     # (len(tokens) + 1, len(src_tokens) + 1) incl. EOS rows/columns
+    attention: Tensor | None     # (len(tokens) + 1, len(src_tokens) + 1): rows and columns include EOS
 
 
 class Translator:
-    def __init__(self, model: Seq2Seq, tokenizers: Tokenizers, config: Config,
+    """Text in, text out, for one model or an ensemble of models sharing their vocabularies."""
+
+    def __init__(self, model: Seq2Seq | Ensemble, tokenizers: Tokenizers, config: Config,
                  device: torch.device, source: str = ""):
         self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
         self.device, self.source = device, source
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Translator":
-        """From an experiment directory (best, else last checkpoint) or a checkpoint file."""
-        ckpt_path = checkpoint.resolve(path)
-        payload = checkpoint.load(ckpt_path)
-        config = from_dict(payload["config"])
-        tokenizers = _tokenizers_from_payload(payload, ckpt_path)
-        model = build_model(config.model, len(tokenizers.src), len(tokenizers.tgt))
-        model.load_state_dict(payload["model"])
+    def load(cls, path: str | Path | list, device: str | torch.device = "cpu") -> "Translator":
+        """From an experiment directory (best, else last checkpoint) or a checkpoint file; a
+        list of them makes an ensemble (the first one's config gives the decode defaults)."""
+        paths = list(path) if isinstance(path, (list, tuple)) else [path]
+        if not paths:
+            raise Seq2SeqError("no model given")
         device = torch.device(device)
-        return cls(model.to(device), tokenizers, config, device, str(ckpt_path))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise Seq2SeqError("--device cuda: no CUDA device is available")
+        loaded = [_load_one(p, device) for p in paths]
+        model, tokenizers, config, source = loaded[0]
+        for other in loaded[1:]:
+            for side in ("src", "tgt"):
+                if getattr(other[1], side).checksum != getattr(tokenizers, side).checksum:
+                    raise Seq2SeqError(f"{other[3]}: an ensemble needs one {side} vocabulary, but its "
+                                       f"SentencePiece model differs from that of {source}")
+        if len(loaded) > 1:
+            model, source = Ensemble([m for m, *_ in loaded]), " + ".join(x[3] for x in loaded)
+        return cls(model, tokenizers, config, device, source)
 
     def decode_config(self, **overrides) -> DecodeConfig:
         cfg = replace(self.config.decode, **{k: v for k, v in overrides.items() if v is not None})
+        check_ranges(cfg, "decode.")
         if cfg.nbest > cfg.beam:
             raise Seq2SeqError(f"--nbest ({cfg.nbest}) must be <= --beam ({cfg.beam})")
         return cfg
@@ -119,9 +131,23 @@ class Translator:
         for i, s, nbest in zip(keep, src, hyps):
             texts = self.tokenizers.tgt.decode([h.tokens for h in nbest])
             src_pieces = self.tokenizers.src.pieces(s)
-            out[i] = [Translation(text, self.tokenizers.tgt.pieces(h.tokens), src_pieces,
-                                  h.log_prob, h.score, h.attention) for text, h in zip(texts, nbest)]
+            out[i] = [Translation(text, self.tokenizers.tgt.pieces(h.tokens), src_pieces, h.log_prob, h.score,
+                                  None if h.attention is None else h.attention[:, :len(s) + 1])
+                      for text, h in zip(texts, nbest)]
         return out
+
+
+def _load_one(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenizers, Config, str]:
+    ckpt_path = checkpoint.resolve(path)
+    payload = checkpoint.load(ckpt_path)
+    config = from_dict(payload["config"])
+    tokenizers = _tokenizers_from_payload(payload, ckpt_path)
+    model = build_model(config.model, len(tokenizers.src), len(tokenizers.tgt))
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError:
+        raise Seq2SeqError(f"{ckpt_path}: its weights do not fit its config and vocabularies") from None
+    return model.to(device), tokenizers, config, str(ckpt_path)
 
 
 def _tokenizers_from_payload(payload: dict, ckpt_path: Path) -> Tokenizers:

@@ -154,8 +154,9 @@ def test_translate_nbest_format(reverse_model, translator):
     assert rc == 0, err
     entries = [line.split(" ||| ") for line in output_lines(out)]
     assert all(len(e) == 3 for e in entries), out
-    assert [int(e[0]) for e in entries] == [0, 0, 1, 2, 2]
-    assert entries[2][1] == ""
+    assert [int(e[0]) for e in entries] == [0, 0, 1, 1, 2, 2]  # always K entries per input line
+    assert [e[1] for e in entries[2:4]] == ["", ""]           # the empty line: empty translations
+    assert float(entries[2][2]) == 0.0 and entries[3][2] == "-inf"
     details = translator.translate_with_details(lines, beam=3, nbest=2)
     expected = [(str(i), t.text, t.score) for i, d in enumerate(details) for t in d]
     got = [e for e in entries if e[0] != "1"]
@@ -290,3 +291,51 @@ def test_evaluate_unknown_split_lists_the_valid_ones(expdir_copy):
     rc, out, err = run(["evaluate", expdir_copy, "--split", "nope"], cmd=CONSOLE)
     assert_usage_error(rc, err, "nope", "test", "train", "valid")
     assert not (expdir_copy / "results").exists()
+
+
+# ---------------------------------------------------------------------------- streaming and option checks
+
+
+def test_translate_streams_a_pipe_line_by_line(reverse_model, translator):
+    """An answer comes back for each line before the input is closed."""
+    p = subprocess.Popen(MODULE + ["translate", str(reverse_model), "--beam", "1"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in ["a b c", "d e"]:
+            p.stdin.write((line + "\n").encode())
+            p.stdin.flush()
+            assert p.stdout.readline().decode() == translator.translate([line], beam=1)[0] + "\n"
+    finally:
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("option, value, key", [
+    ("--coverage-penalty", "-1", "decode.coverage_penalty"),
+    ("--length-penalty", "-0.5", "decode.length_penalty"),
+    ("--max-len-a", "-1", "decode.max_len_a"),
+    ("--no-repeat-ngram", "-2", "decode.no_repeat_ngram"),
+])
+def test_translate_checks_decode_options(reverse_model, option, value, key):
+    rc, out, err = run(["translate", reverse_model, option, value], stdin=b"a b\n")
+    assert_usage_error(rc, err, key)
+    assert out == ""
+
+
+def test_score_invalid_utf8_on_stdin_names_the_line(tmp_path):
+    ref = tmp_path / "ref.txt"
+    ref.write_text("a b\nc d\n")
+    rc, out, err = run(["score", "--ref", ref], stdin=b"a b\nc \xff\n")
+    assert_usage_error(rc, err, "<stdin>:2")
+
+
+def test_evaluate_keeps_one_card_per_beam(reverse_model, tmp_path):
+    expdir = tmp_path / "exp"
+    shutil.copytree(reverse_model, expdir)
+    for beam in ("1", "2"):
+        rc, out, err = run(["evaluate", expdir, "--split", "test", "--beam", beam])
+        assert rc == 0, err
+    cards = {p.name: json.loads(p.read_text()) for p in (expdir / "results").glob("*.json")}
+    assert set(cards) == {"test.beam1.json", "test.beam2.json", "test.json"}
+    assert cards["test.beam1.json"]["decode"]["beam"] == 1 and cards["test.beam2.json"]["decode"]["beam"] == 2
+    assert cards["test.json"] == cards["test.beam2.json"]

@@ -177,6 +177,15 @@ def test_new_run_into_used_expdir_is_refused(small_task, finished_run):
     assert [(finished_run / f).read_bytes() for f in files] == before
 
 
+def test_changed_tokenizer_into_used_expdir_leaves_the_run_usable(small_task, finished_run):
+    spm_before = (finished_run / "spm.model").read_bytes()
+    for resume in (False, True):
+        with pytest.raises(Seq2SeqError):
+            run(tiny_config(small_task, "train.max_steps=4", "tokenizer.vocab_size=20"), finished_run, resume=resume)
+    assert (finished_run / "spm.model").read_bytes() == spm_before  # not retrained
+    assert Translator.load(finished_run).translate(["a b"])          # the checkpoints still translate
+
+
 def test_resume_without_checkpoint_is_refused(small_task, tmp_path):
     with pytest.raises(Seq2SeqError, match="no checkpoint"):
         run(tiny_config(small_task, "train.max_steps=2"), tmp_path / "empty", resume=True)

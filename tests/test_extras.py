@@ -1,0 +1,194 @@
+"""Plots, attention maps, the Python API, checkpoint averaging and ensembles."""
+
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq import Translator, checkpoint
+from seq2seq.config import DecodeConfig
+from seq2seq.errors import Seq2SeqError
+from seq2seq.translate import decode_ids
+
+ROOT = Path(__file__).resolve().parent.parent
+LINES = ["a b c", "j i h g f", "c", "d d e e", "", "b a"]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seq2seq.cli", *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_learning_curves_png_from_a_real_run(reverse_model: Path, tmp_path: Path):
+    out = tmp_path / "curves.png"
+    result = run_cli("plot", str(reverse_model), str(reverse_model), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert png_size(out) == (1300, 380)          # figsize (13, 3.8) at 100 dpi
+    assert out.stat().st_size > 20_000           # three panels with lines, not a blank canvas
+    minutes = tmp_path / "minutes.png"
+    assert run_cli("plot", str(reverse_model), "-o", str(minutes), "--x", "minutes").returncode == 0
+    assert png_size(minutes) == (1300, 380)
+
+
+def test_plot_of_a_directory_without_metrics_is_an_error(tmp_path: Path):
+    result = run_cli("plot", str(tmp_path), "-o", str(tmp_path / "x.png"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "metrics.jsonl" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_without_matplotlib_the_error_says_how_to_install(monkeypatch, tmp_path: Path):
+    import builtins
+    from seq2seq import plot
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(Seq2SeqError, match=r"pip install 'seq2seq\[plot\]'"):
+        plot.attention_map([[1.0]], ["a"], ["b"], tmp_path / "x.png")
+
+
+def test_attention_command_png_and_json(reverse_model: Path, tmp_path: Path):
+    out = tmp_path / "map.png"
+    result = run_cli("attention", str(reverse_model), "a b c d", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    width, height = png_size(out)
+    assert width >= 400 and height >= 300
+    result = run_cli("attention", str(reverse_model), "a b c d", "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+    data = json.loads(result.stdout)
+    matrix = torch.tensor(data["attention"])
+    assert matrix.shape == (len(data["target_tokens"]), len(data["source_tokens"]))
+    assert torch.allclose(matrix.sum(1), torch.ones(matrix.size(0)), atol=1e-5)
+    assert data["translation"] == "d c b a"
+
+
+def test_translate_attention_dir_writes_one_map_per_nonempty_line(reverse_model: Path, tmp_path: Path):
+    maps = tmp_path / "maps"
+    result = run_cli("translate", str(reverse_model), "--attention-dir", str(maps), stdin="a b\n\nc d e\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["b a", "", "e d c"]
+    assert sorted(p.name for p in maps.iterdir()) == ["0.png", "2.png"]
+
+
+# ---------------------------------------------------------------- attention and the Python API
+
+
+def test_attention_rows_sum_to_one_over_real_source_and_are_zero_on_padding(reverse_model: Path):
+    translator = Translator.load(reverse_model)
+    src = translator.tokenizers.src.encode([line for line in LINES if line])
+    for beam in (1, 3):
+        hyps = decode_ids(translator.model, src, DecodeConfig(beam=beam), translator.device, return_attention=True)
+        longest = max(len(s) for s in src) + 1
+        for s, (h, *_) in zip(src, hyps):
+            real = len(s) + 1                                    # pieces + EOS
+            assert h.attention.shape == (len(h.tokens) + 1, longest)
+            assert torch.allclose(h.attention[:, :real].sum(1), torch.ones(len(h.tokens) + 1), atol=1e-5)
+            assert torch.all(h.attention[:, real:] == 0)
+
+
+def test_translator_matches_the_cli(reverse_model: Path):
+    translator = Translator.load(reverse_model)
+    for beam in ("1", "4"):
+        cli = run_cli("translate", str(reverse_model), "--beam", beam, stdin="".join(l + "\n" for l in LINES))
+        assert cli.returncode == 0, cli.stderr
+        assert cli.stdout.splitlines() == translator.translate(LINES, beam=int(beam))
+
+
+def test_readme_python_example_runs(reverse_model: Path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace('"exp/multi30k_de_en_cpu"', repr(str(reverse_model)))
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert isinstance(namespace["translations"], list) and len(namespace["translations"]) == 1
+    assert namespace["details"][0][0].attention is not None
+
+
+# ---------------------------------------------------------------- averaging and ensembles
+
+
+def test_average_of_two_copies_is_identical(reverse_model: Path, tmp_path: Path):
+    best = reverse_model / "checkpoints" / "best.pt"
+    avg = checkpoint.average([best, best])
+    original = checkpoint.load(best)["model"]
+    assert avg["model"].keys() == original.keys()
+    assert all(torch.equal(avg["model"][k], original[k]) for k in original)
+
+
+def test_average_of_two_checkpoints_is_their_mean_and_translates(reverse_model: Path, tmp_path: Path):
+    steps = checkpoint.step_checkpoints(reverse_model)
+    assert len(steps) >= 2
+    a, b = checkpoint.load(steps[-2])["model"], checkpoint.load(steps[-1])["model"]
+    out = tmp_path / "avg.pt"
+    result = run_cli("average", str(reverse_model), "--last", "2", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    avg = checkpoint.load(out)["model"]
+    for k in a:
+        if a[k].is_floating_point():
+            assert torch.allclose(avg[k], (a[k] + b[k]) / 2, atol=1e-7), k
+    assert not torch.equal(a["decoder.out.weight"], b["decoder.out.weight"])   # a real average
+    assert Translator.load(out).translate(["a b c"]) == ["c b a"]
+
+
+def test_average_refuses_different_shapes(reverse_model: Path, tmp_path: Path):
+    best = reverse_model / "checkpoints" / "best.pt"
+    payload = checkpoint.load(best)
+    payload["model"]["decoder.out.bias"] = torch.zeros(3)
+    other = tmp_path / "other.pt"
+    checkpoint.save(payload, other)
+    result = run_cli("average", str(best), str(other), "-o", str(tmp_path / "avg.pt"))
+    assert result.returncode == 2
+    assert "decoder.out.bias" in result.stderr and "shape" in result.stderr
+    assert not (tmp_path / "avg.pt").exists()
+
+
+def test_ensemble_of_a_model_with_itself_translates_like_the_model(reverse_model: Path):
+    single = Translator.load(reverse_model)
+    double = Translator.load([reverse_model, reverse_model])
+    for beam in (1, 3):
+        assert double.translate(LINES, beam=beam) == single.translate(LINES, beam=beam)
+    cli = run_cli("translate", str(reverse_model), str(reverse_model), stdin="a b c\n")
+    assert cli.returncode == 0 and cli.stdout == "c b a\n"
+
+
+def test_ensemble_needs_one_vocabulary(reverse_model: Path, tmp_path: Path):
+    import io
+    import random
+    import sentencepiece as spm
+    from seq2seq.tokenizer import Vocab
+    payload = checkpoint.load(reverse_model / "checkpoints" / "best.pt")
+    size = payload["model"]["decoder.out.bias"].numel()
+    rng = random.Random(0)  # same vocabulary size, other pieces: the weights still fit
+    text = [" ".join(rng.choice("klmnopqrst") for _ in range(6)) for _ in range(500)]
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=buffer, model_type="bpe",
+                                   vocab_size=size, pad_id=0, unk_id=1, bos_id=2, eos_id=3, minloglevel=2)
+    other_vocab = Vocab.from_bytes(buffer.getvalue(), "other")
+    assert len(other_vocab) == size
+    payload["tokenizer"] = {"joint": True, "src": other_vocab.data, "tgt": other_vocab.data,
+                            "checksums": {"src": other_vocab.checksum, "tgt": other_vocab.checksum}}
+    other = tmp_path / "other.pt"
+    checkpoint.save(payload, other)
+    assert Translator.load(other).translate(["k l m"])  # loads on its own
+    with pytest.raises(Seq2SeqError, match="one src vocabulary"):
+        Translator.load([reverse_model, other])
