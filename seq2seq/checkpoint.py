@@ -36,11 +36,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise Seq2SeqError(f"{path}: cannot write ({e.strerror})") from None
 
 
-def save(payload: dict[str, Any], path: Path) -> None:
+def serialize(payload: dict[str, Any]) -> bytes:
+    """Checkpoint bytes; a model with non-finite weights is refused (never written)."""
+    for name, tensor in payload["model"].items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise Seq2SeqError(f"refusing to write a checkpoint: parameter {name} is not finite "
+                               "(the last good checkpoint is kept)")
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
+    return buffer.getvalue()
+
+
+def save(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, serialize(payload))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -75,10 +84,12 @@ def resolve(model_path: str | Path) -> Path:
 def save_step(payload: dict[str, Any], expdir: Path, step: int, keep_last: int, is_best: bool) -> None:
     """Write step_<N>.pt and last.pt (and best.pt), then drop all but the newest `keep_last` step files."""
     ckpt_dir = expdir / "checkpoints"
-    save(payload, ckpt_dir / f"step_{step}.pt")
-    save(payload, ckpt_dir / "last.pt")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    data = serialize(payload)
+    atomic_write_bytes(ckpt_dir / f"step_{step}.pt", data)
+    atomic_write_bytes(ckpt_dir / "last.pt", data)
     if is_best:
-        save(payload, ckpt_dir / "best.pt")
+        atomic_write_bytes(ckpt_dir / "best.pt", data)
     steps = sorted(ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     for old in steps[:-keep_last]:
         old.unlink(missing_ok=True)

@@ -7,10 +7,11 @@ Exit status: 0 on success, 2 on bad usage or input (one line `error: ...` on std
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
-import os
 import select
 import sys
+import zlib
 from pathlib import Path
 
 from seq2seq import __version__
@@ -144,7 +145,10 @@ def cmd_translate(args) -> int:
     translator = Translator.load(args.model, args.device)
     translator.decode_config(**decode)  # validate before reading input
     try:
-        src = open(args.input, "rb") if args.input else sys.stdin.buffer
+        if not args.input:
+            src = sys.stdin.buffer
+        else:
+            src = gzip.open(args.input, "rb") if args.input.endswith(".gz") else open(args.input, "rb")
     except OSError as e:
         raise Seq2SeqError(f"{args.input}: cannot read ({e.strerror})") from None
     tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp") if args.output else None
@@ -184,7 +188,7 @@ def _write_translations(out, translator, lines: list[str], first: int, args, dec
             out.writelines(f"{first + i} ||| {text} ||| {score:.4f}\n" for text, score in entries)
         else:
             out.write((hyps[0].text if hyps else "") + "\n")
-        if maps is not None and hyps:
+        if maps is not None and hyps and hyps[0].attention is not None:  # chunked long lines have none
             from seq2seq.plot import attention_map
             maps.mkdir(parents=True, exist_ok=True)
             t = hyps[0]
@@ -195,7 +199,8 @@ def _read_chunks(f, max_lines: int, name: str, errors: str):
     """Yield lists of input lines: up to `max_lines` at a time, or whatever has arrived as
     soon as the input pauses, so that a pipe fed line by line gets each answer at once.
     Lines split on b'\\n' only, one trailing '\\r' stripped, decoded as UTF-8."""
-    fd, pending, lines, number = f.fileno(), b"", [], 0
+    pending, lines, number = b"", [], 0
+    pipe = None if isinstance(f, gzip.GzipFile) else f.fileno()  # a .gz file never pauses
 
     def decode(raw: bytes) -> str:
         nonlocal number
@@ -208,7 +213,10 @@ def _read_chunks(f, max_lines: int, name: str, errors: str):
                                "(use --encoding-errors replace to go on)") from None
 
     while True:
-        data = os.read(fd, 1 << 16)
+        try:
+            data = f.read1(1 << 16)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+            raise Seq2SeqError(f"{name}: not a valid gzip file ({e})") from None
         pending += data
         *complete, pending = pending.split(b"\n")
         lines.extend(decode(raw) for raw in complete)
@@ -218,7 +226,7 @@ def _read_chunks(f, max_lines: int, name: str, errors: str):
         while len(lines) >= max_lines:
             yield lines[:max_lines]
             lines = lines[max_lines:]
-        if lines and (not data or not select.select([fd], [], [], 0)[0]):
+        if lines and (not data or (pipe is not None and not select.select([pipe], [], [], 0)[0])):
             yield lines
             lines = []
         if not data:
@@ -264,6 +272,9 @@ def cmd_attention(args) -> int:
     if not nbest:
         raise Seq2SeqError("the sentence is empty")
     t = nbest[0]
+    if t.attention is None:
+        raise Seq2SeqError("the sentence is longer than decode.max_source_len pieces: it is translated in "
+                           "chunks and has no single attention map")
     src, tgt = t.src_tokens + ["</s>"], t.tokens + ["</s>"]
     if args.json:
         print(json.dumps({"translation": t.text, "source_tokens": src, "target_tokens": tgt,

@@ -135,6 +135,7 @@ class DecodeConfig:
     nbest: int = _opt(1, ge=1)
     no_repeat_ngram: int = _opt(0, ge=0)
     batch_tokens: int = _opt(4000, ge=1, help="source tokens per decoding batch")
+    max_source_len: int = _opt(250, ge=1, help="longer source lines are translated in chunks of this many pieces")
 
 
 @dataclass(frozen=True)

@@ -338,6 +338,8 @@ def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> R
               Progress(), MetricsLog(expdir, rank == 0, t.tensorboard))
     last = expdir / "checkpoints" / "last.pt"
     if resume:
+        for stale in (expdir / "checkpoints").glob(".*.tmp*"):  # from a write that was killed
+            stale.unlink(missing_ok=True)
         _restore(run, last)
     elif last.exists():
         raise Seq2SeqError(f"{expdir} already holds a training run; use --resume or another --out")

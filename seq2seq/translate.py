@@ -122,19 +122,36 @@ class Translator:
 
     def translate_with_details(self, lines: list[str], return_attention: bool = False,
                                **decode) -> list[list[Translation]]:
-        """n-best Translations per line ([] for an empty line)."""
+        """n-best Translations per line ([] for an empty line). A line longer than
+        decode.max_source_len pieces is translated in chunks that are rejoined, so memory
+        stays bounded however long the input; it gets one (1-best) Translation without attention."""
         cfg = self.decode_config(**decode)
         keep = [i for i, line in enumerate(lines) if line.strip()]
         src = self.tokenizers.src.encode([lines[i] for i in keep])
-        hyps = decode_ids(self.model, src, cfg, self.device, return_attention)
+        L = cfg.max_source_len
+        chunks = [(j, s[c:c + L]) for j, s in enumerate(src) for c in range(0, max(len(s), 1), L)]
+        hyps = decode_ids(self.model, [c for _, c in chunks], cfg, self.device, return_attention)
+        per_line: list[list[tuple[list[int], list[Hypothesis]]]] = [[] for _ in src]
+        for (j, chunk), nbest in zip(chunks, hyps):
+            per_line[j].append((chunk, nbest))
         out: list[list[Translation]] = [[] for _ in lines]
-        for i, s, nbest in zip(keep, src, hyps):
-            texts = self.tokenizers.tgt.decode([h.tokens for h in nbest])
-            src_pieces = self.tokenizers.src.pieces(s)
-            out[i] = [Translation(text, self.tokenizers.tgt.pieces(h.tokens), src_pieces, h.log_prob, h.score,
-                                  None if h.attention is None else h.attention[:, :len(s) + 1])
-                      for text, h in zip(texts, nbest)]
+        for i, parts in zip(keep, per_line):
+            out[i] = self._translations(parts[0][0], parts[0][1]) if len(parts) == 1 else [self._joined(parts)]
         return out
+
+    def _translations(self, src: list[int], nbest: list[Hypothesis]) -> list[Translation]:
+        texts = self.tokenizers.tgt.decode([h.tokens for h in nbest])
+        src_pieces = self.tokenizers.src.pieces(src)
+        return [Translation(text, self.tokenizers.tgt.pieces(h.tokens), src_pieces, h.log_prob, h.score,
+                            None if h.attention is None else h.attention[:, :len(src) + 1])
+                for text, h in zip(texts, nbest)]
+
+    def _joined(self, parts: list[tuple[list[int], list[Hypothesis]]]) -> Translation:
+        best = [nbest[0] for _, nbest in parts]
+        texts = self.tokenizers.tgt.decode([h.tokens for h in best])
+        return Translation(" ".join(t for t in texts if t), [p for h in best for p in self.tokenizers.tgt.pieces(h.tokens)],
+                           [p for s, _ in parts for p in self.tokenizers.src.pieces(s)],
+                           sum(h.log_prob for h in best), sum(h.score for h in best), None)
 
 
 def _load_one(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenizers, Config, str]:
