@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if not path.is_file():
         raise Seq2SeqError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        payload = torch.load(path, map_location=map_location, weights_only=True)  # plain data only: no code runs
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             UnicodeDecodeError, AttributeError, ImportError, IndexError, KeyError) as e:
         # a truncated zip archive raises OSError (EINVAL) from torch's reader
@@ -86,18 +87,19 @@ def save_step(payload: dict[str, Any], expdir: Path, step: int, keep_last: int, 
     ckpt_dir = expdir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     data = serialize(payload)
-    atomic_write_bytes(ckpt_dir / f"step_{step}.pt", data)
-    atomic_write_bytes(ckpt_dir / "last.pt", data)
     if is_best:
         atomic_write_bytes(ckpt_dir / "best.pt", data)
-    steps = sorted(ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    for old in steps[:-keep_last]:
+    atomic_write_bytes(ckpt_dir / f"step_{step}.pt", data)
+    atomic_write_bytes(ckpt_dir / "last.pt", data)  # the commit point: a resumed run starts here
+    for old in step_checkpoints(expdir)[:-keep_last]:
         old.unlink(missing_ok=True)
 
 
 def step_checkpoints(expdir: Path) -> list[Path]:
     """The kept step checkpoints, oldest first."""
-    return sorted((expdir / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    steps = [(int(m.group(1)), p) for p in (expdir / "checkpoints").glob("step_*.pt")
+             if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))]
+    return [p for _, p in sorted(steps)]
 
 
 def average(paths: list[Path]) -> dict[str, Any]:
@@ -124,6 +126,9 @@ def average(paths: list[Path]) -> dict[str, Any]:
 def _check_same_shapes(a: dict, a_path: Path, b: dict, b_path: Path) -> None:
     if a["tokenizer"]["checksums"] != b["tokenizer"]["checksums"]:
         raise Seq2SeqError(f"{b_path}: its SentencePiece models differ from those of {a_path}")
+    if a["config"]["model"] != b["config"]["model"]:  # same shapes can still mean another architecture
+        keys = sorted(k for k in a["config"]["model"] if a["config"]["model"][k] != b["config"]["model"].get(k))
+        raise Seq2SeqError(f"{b_path}: its model config differs from {a_path} (model.{', model.'.join(keys)})")
     ma, mb = a["model"], b["model"]
     if ma.keys() != mb.keys():
         odd = sorted(set(ma) ^ set(mb))[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import select
 import sys
 import zlib
@@ -151,7 +152,10 @@ def cmd_translate(args) -> int:
             src = gzip.open(args.input, "rb") if args.input.endswith(".gz") else open(args.input, "rb")
     except OSError as e:
         raise Seq2SeqError(f"{args.input}: cannot read ({e.strerror})") from None
-    tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp") if args.output else None
+    if args.attention_dir:
+        from seq2seq.plot import require_matplotlib
+        require_matplotlib()  # before any output is written
+    tmp = Path(args.output).with_name(f".{Path(args.output).name}.tmp{os.getpid()}") if args.output else None
     try:
         out = open(tmp, "w", encoding="utf-8") if tmp else sys.stdout
     except OSError as e:
@@ -199,7 +203,7 @@ def _read_chunks(f, max_lines: int, name: str, errors: str):
     """Yield lists of input lines: up to `max_lines` at a time, or whatever has arrived as
     soon as the input pauses, so that a pipe fed line by line gets each answer at once.
     Lines split on b'\\n' only, one trailing '\\r' stripped, decoded as UTF-8."""
-    pending, lines, number = b"", [], 0
+    pending, lines, number = bytearray(), [], 0
     pipe = None if isinstance(f, gzip.GzipFile) else f.fileno()  # a .gz file never pauses
 
     def decode(raw: bytes) -> str:
@@ -217,12 +221,16 @@ def _read_chunks(f, max_lines: int, name: str, errors: str):
             data = f.read1(1 << 16)
         except (gzip.BadGzipFile, EOFError, zlib.error) as e:
             raise Seq2SeqError(f"{name}: not a valid gzip file ({e})") from None
-        pending += data
-        *complete, pending = pending.split(b"\n")
-        lines.extend(decode(raw) for raw in complete)
+        if b"\n" in data:  # split only when a line ended: linear even for one enormous line
+            pending += data
+            end = pending.rfind(b"\n")
+            lines.extend(decode(bytes(raw)) for raw in pending[:end].split(b"\n"))
+            del pending[:end + 1]
+        else:
+            pending += data
         if not data and pending:  # a last line without a newline
-            lines.append(decode(pending))
-            pending = b""
+            lines.append(decode(bytes(pending)))
+            pending.clear()
         while len(lines) >= max_lines:
             yield lines[:max_lines]
             lines = lines[max_lines:]

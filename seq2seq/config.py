@@ -266,6 +266,9 @@ def check_consistency(cfg: Config) -> None:
         for name, pair in cfg.data.test.items():
             if len(pair) != 2:
                 raise Seq2SeqError(f"data.test.{name} must be [src_path, tgt_path]")
+    betas = cfg.train.betas
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise Seq2SeqError(f"train.betas must be two numbers in [0, 1), got {list(betas)}")
     if cfg.decode.nbest > cfg.decode.beam:
         raise Seq2SeqError(f"decode.nbest must be <= decode.beam ({cfg.decode.beam}), got {cfg.decode.nbest}")
 

@@ -12,11 +12,16 @@ from pathlib import Path
 from seq2seq.errors import Seq2SeqError
 
 
-def _pyplot():
+def require_matplotlib():
     try:
         import matplotlib
     except ImportError:
         raise Seq2SeqError("plotting needs matplotlib: pip install 'seq2seq[plot]' (or pip install matplotlib)") from None
+    return matplotlib
+
+
+def _pyplot():
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
     return plt
@@ -27,11 +32,14 @@ def read_metrics(expdir: Path) -> list[dict]:
     if not path.is_file():
         raise Seq2SeqError(f"{path}: no metrics (is {expdir} an experiment directory?)")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, 1):
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
+                if number == len(lines):  # a torn last line from a killed run: skip it
+                    continue
                 raise Seq2SeqError(f"{path}:{number}: not a JSON record") from None
     return records
 

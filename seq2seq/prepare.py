@@ -10,6 +10,7 @@ A second run with the same data and tokenizer settings reuses all of it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 
 from seq2seq import corpus
 from seq2seq.batching import EncodedSplit
+from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import Config, to_dict
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import Tokenizers, train_tokenizers
@@ -82,6 +84,10 @@ def _tokenizers(cfg: Config, expdir: Path, train_files: tuple[Path, Path], log) 
                     return tok
         except (json.JSONDecodeError, Seq2SeqError):
             pass  # stale or damaged: retrain below
+    if (expdir / "checkpoints" / "last.pt").exists():
+        raise Seq2SeqError(f"{expdir} holds a trained model whose SentencePiece model was made from other "
+                           "training data or tokenizer settings; retraining it would orphan the checkpoints "
+                           "(use another --out)")
     src, tgt = corpus.read_parallel(*train_files)
     log(f"prepare: training SentencePiece ({cfg.tokenizer.type}, {cfg.tokenizer.vocab_size}, "
         f"{'joint' if cfg.tokenizer.joint else 'separate'}) on {len(src)} training pairs")
@@ -110,9 +116,9 @@ def _encoded(cfg: Config, expdir: Path, name: str, paths: tuple[Path, Path],
         src, tgt, refs = _filter_training(src_lines, tgt_lines, src, tgt, cfg.data.max_len, log)
     split = EncodedSplit(name, src, tgt, refs)
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, "src": _pack(src), "tgt": _pack(tgt), "refs": refs}, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save({"key": key, "src": _pack(src), "tgt": _pack(tgt), "refs": refs}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
     log(f"prepare: encoded {name}: {len(src)} pairs from {paths[0].name}, {paths[1].name}")
     return split
 
@@ -149,6 +155,4 @@ def _filter_training(src_lines, tgt_lines, src, tgt, max_len: int, log):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import TokenizerConfig
 from seq2seq.errors import Seq2SeqError
 
@@ -38,9 +39,7 @@ def train_sentencepiece(lines: list[str], cfg: TokenizerConfig, out: Path, seed:
     except RuntimeError as e:  # e.g. vocab_size larger than the data allows
         msg = str(e).strip().splitlines()[-1]
         raise Seq2SeqError(f"tokenizer: SentencePiece training failed for {out.name}: {msg}") from None
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(out)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 @dataclass(frozen=True)

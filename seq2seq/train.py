@@ -261,7 +261,23 @@ class MetricsLog:
             except ImportError:
                 raise Seq2SeqError("train.tensorboard = true needs the tensorboard package: "
                                    "pip install tensorboard") from None
-            self.writer = SummaryWriter(str(expdir / "tensorboard"))
+            self.writer = SummaryWriter(str(expdir / "tensorboard"))  # purge_step set in start()
+
+    def start(self, step: int) -> None:
+        """A fresh run starts an empty log; a resumed one drops what came after its checkpoint
+        (those steps are trained again) and a torn last line from a killed write."""
+        if not self.enabled:
+            return
+        kept = []
+        if step > 0 and self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").split("\n"):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if record.get("step", record.get("steps", 0)) <= step:
+                    kept.append(line + "\n")
+        checkpoint.atomic_write_bytes(self.path, "".join(kept).encode())
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -343,6 +359,7 @@ def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> R
         _restore(run, last)
     elif last.exists():
         raise Seq2SeqError(f"{expdir} already holds a training run; use --resume or another --out")
+    run.metrics.start(run.progress.step)
     return run
 
 
@@ -354,7 +371,12 @@ def _loop(run: Run, stop: StopRequest) -> None:
     bar = tqdm(total=t.max_steps or None, initial=p.step, disable=not run.is_main,
                dynamic_ncols=True, unit="step", smoothing=0.05)
     started, window_tokens, window_start = time.monotonic() - p.elapsed, 0, time.monotonic()
-    while not _should_stop(run, started):
+    while not _should_stop(run, started, stop):
+        if stop.signum:  # after the step that was running when the signal came (all ranks agree)
+            if run.is_main:
+                checkpoint.save(run.payload(), run.expdir / "checkpoints" / "last.pt")
+            bar.close()
+            raise Interrupted(stop.signum, run.expdir / "checkpoints" / "last.pt")
         batch = collate(train_split, run.sampler.next_batch()).to(run.device)
         lr = run.schedule.lr(p.step)
         loss, norm, finite = train_step(run.ddp, run.optimizer, batch, run.cfg, lr, autocast)
@@ -371,13 +393,8 @@ def _loop(run: Run, stop: StopRequest) -> None:
             window_tokens, window_start = 0, time.monotonic()
         if p.step % t.valid_every == 0:
             _validate_and_save(run)
-        if stop.signum:
-            if run.is_main:
-                checkpoint.save(run.payload(), run.expdir / "checkpoints" / "last.pt")
-            bar.close()
-            raise Interrupted(stop.signum, run.expdir / "checkpoints" / "last.pt")
     bar.close()
-    if p.step % t.valid_every != 0:  # the final state is always validated and saved
+    if not p.history or p.history[-1]["step"] != p.step:  # the final state is always validated and saved
         _validate_and_save(run)
 
 
@@ -396,17 +413,17 @@ def _account(run: Run, loss: float, norm: float, finite: bool) -> None:
                            f"the last good checkpoint is kept in {run.expdir / 'checkpoints'}")
 
 
-def _should_stop(run: Run, started: float) -> bool:
+def _should_stop(run: Run, started: float, stop: StopRequest) -> bool:
     t, p = run.cfg.train, run.progress
-    stop = ((t.max_steps and p.step >= t.max_steps)
+    done = ((t.max_steps and p.step >= t.max_steps)
             or (t.max_epochs and run.sampler.epoch >= t.max_epochs)
             or (t.max_minutes and time.monotonic() - started >= t.max_minutes * 60)
             or (t.patience and p.since_best >= t.patience))
-    if run.world > 1:  # wall time differs between ranks: rank 0 decides
-        flag = torch.tensor([1.0 if stop else 0.0])
-        dist.broadcast(flag, 0)
-        stop = bool(flag.item())
-    return bool(stop)
+    if run.world > 1:  # wall time differs between ranks: rank 0 decides; a signal on any rank counts
+        flags = torch.tensor([float(bool(done)) if run.is_main else 0.0, float(stop.signum)])
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        done, stop.signum = bool(flags[0].item()), int(flags[1].item())
+    return bool(done)
 
 
 def _validate_and_save(run: Run) -> None:
@@ -423,22 +440,25 @@ def _validate_and_save(run: Run) -> None:
         p.best_bleu, p.best_step, p.since_best = bleu, p.step, 0
     else:
         p.since_best += 1
+    p.history.append({"step": p.step, "minutes": p.elapsed / 60, "valid_bleu": bleu})  # on every rank
     if not run.is_main:
         return
     record = {"type": "valid", "step": p.step, "epoch": run.sampler.epoch, "minutes": p.elapsed / 60,
               "train_loss": p.loss_avg, **{k: v for k, v in result.items() if k != "examples"},
               "lr": run.schedule.lr(p.step)}
-    p.history.append({k: record[k] for k in ("step", "minutes", "valid_bleu")})
+    checkpoint.save_step(run.payload(), run.expdir, p.step, run.cfg.train.keep_last, improved)
     run.metrics.write(record)
     run.log(f"step {p.step} ({p.elapsed / 60:.1f} min): valid loss {result['valid_loss']:.3f} "
             f"ppl {result['valid_ppl']:.2f} BLEU {bleu:.2f}{' (best)' if improved else ''} | {result['examples'][0]}")
-    checkpoint.save_step(run.payload(), run.expdir, p.step, run.cfg.train.keep_last, improved)
 
 
 def _restore(run: Run, last: Path) -> None:
     if not last.exists():
         raise Seq2SeqError(f"--resume: no checkpoint at {last}")
     payload = checkpoint.load(last, map_location=run.device)
+    if "optimizer" not in payload:
+        raise Seq2SeqError(f"{last}: this checkpoint has no training state (an average?); it can translate "
+                           "but not be resumed")
     check_resumable(from_dict(payload["config"]), run.cfg)
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])

@@ -166,7 +166,7 @@ def test_defaults_stated_in_recipe_comments_match_the_code():
     ('data.tgt="cs"', "data.tgt", "cs"),
     ("model.attention.type=general", "model.attention.type", "general"),
     ("train.betas=[0.8, 0.95]", "train.betas", (0.8, 0.95)),
-    ("train.betas=[1, 0]", "train.betas", (1.0, 0.0)),
+    ("train.betas=[0, 0.5]", "train.betas", (0.0, 0.5)),
     ('data.test_splits=["val", "test_2016_flickr"]', "data.test_splits", ("val", "test_2016_flickr")),
 ])
 def test_override_changes_value_and_keeps_type(item, key, expected):
@@ -206,6 +206,8 @@ def test_load_none_gives_defaults():
     ("tokenizer.joint=yes", "tokenizer.joint must be true or false, got 'yes'"),
     ("data.src=7", "data.src must be a string, got 7"),
     ("train.betas=0.9", "train.betas must be a list, got 0.9"),
+    ("train.betas=[0.9]", "train.betas must be two numbers in [0, 1), got [0.9]"),
+    ("train.betas=[1, 0]", "train.betas must be two numbers in [0, 1), got [1.0, 0.0]"),
     ('train.betas=[0.9, "x"]', "train.betas[1] must be a number, got 'x'"),
     ("data.test=3", "data.test must be a table, got 3"),
 ])

@@ -192,3 +192,45 @@ def test_ensemble_needs_one_vocabulary(reverse_model: Path, tmp_path: Path):
     assert Translator.load(other).translate(["k l m"])  # loads on its own
     with pytest.raises(Seq2SeqError, match="one src vocabulary"):
         Translator.load([reverse_model, other])
+
+
+def test_average_refuses_another_architecture_of_the_same_shapes(reverse_model: Path, tmp_path: Path):
+    best = reverse_model / "checkpoints" / "best.pt"
+    payload = checkpoint.load(best)
+    payload["config"]["model"]["decoder"]["residual"] = "dense"   # same parameter shapes, other model
+    other = tmp_path / "other.pt"
+    checkpoint.save(payload, other)
+    with pytest.raises(Seq2SeqError, match="model config differs"):
+        checkpoint.average([best, other])
+
+
+def test_an_average_translates_but_cannot_be_resumed(reverse_model: Path, tmp_path: Path):
+    import shutil
+    from seq2seq import config
+    from seq2seq.train import run
+    expdir = tmp_path / "exp"
+    shutil.copytree(reverse_model, expdir)
+    checkpoint.save(checkpoint.average([expdir / "checkpoints" / "best.pt"]), expdir / "checkpoints" / "last.pt")
+    cfg = config.from_dict(checkpoint.load(expdir / "checkpoints" / "best.pt")["config"])
+    with pytest.raises(Seq2SeqError, match="cannot be resumed|no training state"):
+        run(cfg, expdir, resume=True)
+
+
+def test_ensemble_step_is_the_log_of_the_mean_probability():
+    from seq2seq.config import DecoderConfig, EncoderConfig, ModelConfig
+    from seq2seq.ensemble import Ensemble
+    from seq2seq.model import build_model
+    cfg = ModelConfig(encoder=EncoderConfig(hidden=16, embedding=8), decoder=DecoderConfig(hidden=16, embedding=8))
+    torch.manual_seed(0)
+    a, b = build_model(cfg, 20, 20).eval(), build_model(cfg, 20, 20).eval()
+    src = torch.tensor([[5, 6, 7, 3], [8, 9, 3, 0]])
+    lengths, mask = torch.tensor([4, 3]), src != 0
+    tokens = torch.tensor([2, 2])
+    ensemble = Ensemble([a, b])
+    memories, states = ensemble.encode(src, lengths, mask)
+    log_probs, _, attn = ensemble.step(tokens, states, memories)
+    la, _, aa = a.step(tokens, *reversed(a.encode(src, lengths, mask)))
+    lb, _, ab = b.step(tokens, *reversed(b.encode(src, lengths, mask)))
+    assert not torch.allclose(la, lb)
+    assert torch.allclose(log_probs, torch.log((la.exp() + lb.exp()) / 2), atol=1e-6)
+    assert torch.allclose(attn, (aa + ab) / 2)

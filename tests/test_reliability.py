@@ -4,6 +4,7 @@ Each guarantee in docs/reliability.md names the test here (or elsewhere) that pr
 """
 
 import errno
+import json
 import os
 import random
 import signal
@@ -24,7 +25,8 @@ from seq2seq.errors import Seq2SeqError
 from seq2seq.translate import Translator, decode_ids
 
 TRAIN = [sys.executable, "-m", "seq2seq.cli", "train"]
-SETTINGS = ["--set", "train.max_steps=24", "--set", "train.valid_every=4", "--set", "train.log_every=2",
+STEPS = 60
+SETTINGS = ["--set", f"train.max_steps={STEPS}", "--set", "train.valid_every=4", "--set", "train.log_every=1",
             "--set", "model.decoder.dropout=0.3", "--set", "model.encoder.dropout=0.3"]
 
 
@@ -60,29 +62,48 @@ def straight_run(task, tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- training survives faults
 
 
+def logged_step(expdir: Path) -> int:
+    path = expdir / "metrics.jsonl"
+    steps = [0]
+    for line in (path.read_text().split("\n") if path.exists() else []):
+        if '"type": "train"' in line:
+            steps.append(int(line.split('"step": ')[1].split(",")[0]))
+    return max(steps)
+
+
 def test_sigkill_at_a_random_moment_then_resume_matches_a_straight_run(task, straight_run, tmp_path):
     expdir = tmp_path / "exp"
+    kill_at = random.Random().randint(6, STEPS - 10)  # a random step: mid-step, mid-validation or mid-write
     proc = subprocess.Popen(TRAIN + [str(task), "--out", str(expdir), *SETTINGS], env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_for(expdir / "checkpoints" / "last.pt", proc)
-    time.sleep(random.Random().uniform(0.0, 1.5))  # anywhere: mid-step, mid-validation, mid-write
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while logged_step(expdir) < kill_at:
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
     for path in (expdir / "checkpoints").glob("*.pt"):  # every complete file loads; no half-written ones
         checkpoint.load(path)
+    assert checkpoint.load(expdir / "checkpoints" / "last.pt")["progress"]["step"] < STEPS
+    stale = expdir / "checkpoints" / ".last.pt.tmp99999"   # what a write killed before its rename leaves
+    stale.write_bytes(b"half a checkpoint")
     resumed = subprocess.run(TRAIN + [str(task), "--out", str(expdir), "--resume", *SETTINGS], env=env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert not list((expdir / "checkpoints").glob(".*.tmp*"))  # a killed write's leftovers are cleared
+    assert not stale.exists()
     a, b = weights(straight_run / "checkpoints" / "last.pt"), weights(expdir / "checkpoints" / "last.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the straight run"
+    train_steps = [json.loads(line)["step"] for line in (expdir / "metrics.jsonl").read_text().splitlines()
+                   if '"type": "train"' in line]
+    assert train_steps == list(range(1, STEPS + 1))  # replayed steps are logged once, not twice
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_last_and_says_how_to_resume(task, tmp_path, sig, code):
     expdir = tmp_path / "exp"
-    proc = subprocess.Popen(TRAIN + [str(task), "--out", str(expdir), *SETTINGS[:-4],
+    proc = subprocess.Popen(TRAIN + [str(task), "--out", str(expdir), *SETTINGS[2:],
                                      "--set", "train.max_steps=100000"],
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(expdir / "checkpoints" / "last.pt", proc)
