@@ -186,6 +186,15 @@ def test_changed_tokenizer_into_used_expdir_leaves_the_run_usable(small_task, fi
     assert Translator.load(finished_run).translate(["a b"])          # the checkpoints still translate
 
 
+def test_prepare_never_retrains_the_tokenizer_of_a_trained_expdir(small_task, finished_run):
+    from seq2seq.prepare import prepare
+    spm_before = (finished_run / "spm.model").read_bytes()
+    with pytest.raises(Seq2SeqError, match="orphan the checkpoints"):
+        prepare(tiny_config(small_task, "tokenizer.vocab_size=20"), finished_run)
+    assert (finished_run / "spm.model").read_bytes() == spm_before
+    prepare(tiny_config(small_task), finished_run)  # the same settings still reuse it
+
+
 def test_resume_without_checkpoint_is_refused(small_task, tmp_path):
     with pytest.raises(Seq2SeqError, match="no checkpoint"):
         run(tiny_config(small_task, "train.max_steps=2"), tmp_path / "empty", resume=True)
