@@ -49,7 +49,8 @@ def seq2seq(*args: str) -> None:
 def run_cell(name: str, overrides: list[str], seed: int, args) -> dict:
     expdir = Path(args.out) / f"{slug(name)}-s{seed}"
     sets = [x for o in overrides + [f"train.seed={seed}", f"train.max_steps={args.steps}",
-                                   "train.max_minutes=0", f"train.valid_every={args.steps}"] for x in ("--set", o)]
+                                   "train.max_minutes=0", f"train.valid_every={args.steps}",
+                                   f"train.log_every={max(1, min(50, args.steps // 4))}"] for x in ("--set", o)]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     metrics = expdir / "metrics.jsonl"
     done = metrics.exists() and any('"summary"' in line for line in metrics.read_text().splitlines())
