@@ -119,11 +119,15 @@ def count_parameters(model: nn.Module) -> int:
 def summary(model: Seq2Seq) -> str:
     """Architecture with parameter counts (printed at the start of training)."""
     lines = []
+    shared = {"target embedding": model.cfg.share_embeddings}  # counted once, under the source embedding
     for name, module in [("source embedding", model.encoder.embed), ("encoder", model.encoder.layers),
                          ("bridge", model.bridge), ("target embedding", model.decoder.embed),
                          ("decoder", model.decoder.layers), ("attention", model.decoder.attention),
                          ("output", nn.ModuleList([model.decoder.combine, model.decoder.out]))]:
-        lines.append(f"  {name:<17} {count_parameters(module):>11,}")
+        note = " (shared with the source embedding)" if shared.get(name) else ""
+        if name == "output" and model.cfg.decoder.tie_embeddings:
+            note = f" (incl. {model.decoder.out.weight.numel():,} tied to the target embedding)"
+        lines.append(f"  {name:<17} {count_parameters(module):>11,}{note}")
     enc, dec = model.cfg.encoder, model.cfg.decoder
     head = (f"Seq2Seq: encoder {enc.layers}x{'bi' if enc.bidirectional else 'uni'}-{enc.cell.upper()} {enc.hidden}, "
             f"decoder {dec.layers}x{dec.cell.upper()} {dec.hidden} (residual {dec.residual}, "
