@@ -114,7 +114,7 @@ def average(paths: list[Path]) -> dict[str, Any]:
     total = {k: v.double() for k, v in first["model"].items()}
     for path in paths[1:]:
         payload = load(path)
-        _check_same_shapes(first, paths[0], payload, path)
+        _check_compatible(first, paths[0], payload, path)
         for k, v in payload["model"].items():
             total[k] += v.double()
     model = {k: (total[k] / len(paths)).to(v.dtype) if v.is_floating_point() else v
@@ -123,7 +123,7 @@ def average(paths: list[Path]) -> dict[str, Any]:
             "averaged_from": [str(p) for p in paths]}
 
 
-def _check_same_shapes(a: dict, a_path: Path, b: dict, b_path: Path) -> None:
+def _check_compatible(a: dict, a_path: Path, b: dict, b_path: Path) -> None:
     if a["tokenizer"]["checksums"] != b["tokenizer"]["checksums"]:
         raise Seq2SeqError(f"{b_path}: its SentencePiece models differ from those of {a_path}")
     if a["config"]["model"] != b["config"]["model"]:  # same shapes can still mean another architecture

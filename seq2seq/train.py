@@ -341,6 +341,7 @@ def train(cfg: Config, expdir: Path, prepared: Prepared, resume: bool = False) -
 
 
 def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> Run:
+    check_before_prepare(cfg, expdir, resume)  # again here: train() may be called without run()
     device = setup_device(cfg)
     rank, world = setup_distributed(device)
     torch.manual_seed(cfg.train.seed)
@@ -352,13 +353,10 @@ def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> R
               LRSchedule(t.lr, t.schedule, t.warmup_steps, t.plateau_factor, t.plateau_patience, t.min_lr),
               TokenBatchSampler(prepared.splits["train"].sizes(), t.batch_tokens, t.seed, rank, world),
               Progress(), MetricsLog(expdir, rank == 0, t.tensorboard))
-    last = expdir / "checkpoints" / "last.pt"
     if resume:
         for stale in (expdir / "checkpoints").glob(".*.tmp*"):  # from a write that was killed
             stale.unlink(missing_ok=True)
-        _restore(run, last)
-    elif last.exists():
-        raise Seq2SeqError(f"{expdir} already holds a training run; use --resume or another --out")
+        _restore(run, expdir / "checkpoints" / "last.pt")
     run.metrics.start(run.progress.step)
     return run
 
@@ -453,13 +451,11 @@ def _validate_and_save(run: Run) -> None:
 
 
 def _restore(run: Run, last: Path) -> None:
-    if not last.exists():
-        raise Seq2SeqError(f"--resume: no checkpoint at {last}")
+    """Everything a resumed run continues from (the checkpoint was checked by check_before_prepare)."""
     payload = checkpoint.load(last, map_location=run.device)
     if "optimizer" not in payload:
         raise Seq2SeqError(f"{last}: this checkpoint has no training state (an average?); it can translate "
                            "but not be resumed")
-    check_resumable(from_dict(payload["config"]), run.cfg)
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])
     run.schedule.load_state_dict(payload["schedule"])
