@@ -53,13 +53,16 @@ def save(payload: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, serialize(payload))
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint file; a missing, truncated or foreign file is a one-line error."""
+def load(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file; a missing, truncated or foreign file is a one-line error.
+
+    mmap=True maps the file instead of reading it: tensors that are never touched (the
+    optimizer state, when only translating) cost nothing."""
     path = Path(path)
     if not path.is_file():
         raise Seq2SeqError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)  # plain data only: no code runs
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)  # plain data only
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
             UnicodeDecodeError, AttributeError, ImportError, IndexError, KeyError) as e:
         # a truncated zip archive raises OSError (EINVAL) from torch's reader

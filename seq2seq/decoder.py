@@ -58,6 +58,11 @@ def reorder_state(state: DecoderState, index: Tensor) -> DecoderState:
         None if state.feed is None else state.feed.index_select(0, index))
 
 
+def select_memory(memory: Memory, index: Tensor) -> Memory:
+    """Row i of the new memory is row index[i] of the old one (sentences leaving a beam batch)."""
+    return Memory(*(t.index_select(0, index) for t in memory))
+
+
 def tile_memory(memory: Memory, beam: int) -> Memory:
     """Repeat each sentence's memory `beam` times: row b*beam + k is beam k of sentence b."""
     return Memory(*(t.repeat_interleave(beam, dim=0) for t in memory))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -58,6 +59,37 @@ def evaluate_split(translator, split: str, data_dir: str | None = None, **decode
     return evaluate(translator, split, src, ref, expdir / "results", **decode)
 
 
+def hardware(device: torch.device) -> dict:
+    """What the numbers were measured on: CPU model and cores, threads, GPU if one was used."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "device": str(device), "gpu": gpu}
+
+
+def _portable(path: str) -> str:
+    """A checkpoint path as it can be published: relative to the working directory if inside it."""
+    parts = []
+    for p in path.split(" + "):  # ensembles
+        try:
+            parts.append(str(Path(p).resolve().relative_to(Path.cwd())))
+        except ValueError:
+            parts.append(str(Path(*Path(p).parts[-3:])))
+    return " + ".join(parts)
+
+
+def _portable_config(cfg) -> dict:
+    """The recipe without this machine's data paths."""
+    d = to_dict(cfg)
+    d["data"] = {k: v for k, v in d["data"].items() if k not in ("data_dir", "train", "valid", "test")}
+    return d
+
+
 def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Path, **decode) -> dict:
     """Translate a split, score it, write hypotheses and the results card atomically."""
     sources, refs = corpus.read_parallel(src_path, ref_path)
@@ -70,16 +102,17 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / f"{tag}.hyp", "".join(h + "\n" for h in hyps).encode())
     card = {
-        "split": split, "source": str(src_path), "reference": str(ref_path),
+        "split": split, "source": Path(src_path).name, "reference": Path(ref_path).name,
         **{k: scores[k] for k in ("bleu", "bleu_signature", "chrf", "chrf_signature", "sentences")},
         "lowercase_13a_bleu": score(hyps, refs, lowercase=True, tokenize="13a")["bleu"],
-        "checkpoint": translator.source, "decode": to_dict(dcfg),
+        "checkpoint": _portable(translator.source), "training": translator.training,
+        "decode": to_dict(dcfg),
         "sentences_per_second": round(len(sources) / seconds, 2), "decode_seconds": round(seconds, 2),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
-        "torch_version": torch.__version__, "device": str(translator.device),
-        "threads": torch.get_num_threads(), "machine": platform.machine(), "hypotheses": str(out_dir / f"{tag}.hyp"),
-        "card": str(out_dir / f"{tag}.json"),
+        "torch_version": torch.__version__, "hardware": hardware(translator.device),
+        "config": _portable_config(translator.config),
+        "hypotheses": f"{tag}.hyp", "card": f"{tag}.json",
     }
     text = (json.dumps(card, indent=2) + "\n").encode()
     atomic_write_bytes(out_dir / f"{tag}.json", text)      # one card per decode setting ...

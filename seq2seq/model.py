@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from seq2seq.config import ModelConfig
-from seq2seq.decoder import Decoder, DecoderState, Memory, reorder_state, tile_memory
+from seq2seq.decoder import Decoder, DecoderState, Memory, reorder_state, select_memory, tile_memory
 from seq2seq.encoder import Encoder
 from seq2seq.tokenizer import PAD
 
@@ -45,7 +45,8 @@ class Bridge(nn.Module):
 
 
 class Seq2Seq(nn.Module):
-    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int):
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, init: bool = True):
+        """init=False skips the uniform initialisation, for weights that are loaded next."""
         super().__init__()
         self.cfg = cfg
         enc, dec = cfg.encoder, cfg.decoder
@@ -54,7 +55,8 @@ class Seq2Seq(nn.Module):
         self.encoder = Encoder(enc, src_embed)
         self.bridge = Bridge(dec.bridge, enc.layers, enc.hidden, dec.layers, dec.hidden, dec.cell == "lstm")
         self.decoder = Decoder(dec, cfg.attention, enc.hidden, tgt_embed, tgt_vocab)
-        self.reset_parameters()
+        if init:
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for p in self.parameters():
@@ -107,9 +109,13 @@ class Seq2Seq(nn.Module):
     def tile(memory: Memory, beam: int) -> Memory:
         return tile_memory(memory, beam)
 
+    @staticmethod
+    def select(memory: Memory, index: Tensor) -> Memory:
+        return select_memory(memory, index)
 
-def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
-    return Seq2Seq(cfg, src_vocab, tgt_vocab)
+
+def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, init: bool = True) -> Seq2Seq:
+    return Seq2Seq(cfg, src_vocab, tgt_vocab, init)
 
 
 def count_parameters(model: nn.Module) -> int:

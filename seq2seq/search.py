@@ -33,8 +33,12 @@ class StepFn(Protocol):
 
 class ReorderFn(Protocol):
     def __call__(self, state: Any, index: Tensor) -> Any:
-        """index (N,) long; new row i takes old row index[i]. In beam search index[b*K + k] // K == b
-        always: beams never move between sentences, so static per-sentence data needs no reorder."""
+        """index (M,) long, M <= the current number of rows; new row i takes old row index[i].
+
+        Beam search keeps each sentence's K rows together and never moves a beam to another
+        sentence. While M equals the current row count, index[i] // K == i // K, so per-sentence
+        data (the encoder memory) needs no reorder. A shorter index means finished sentences
+        have left the batch: per-sentence data must then shrink to the rows `index` as well."""
         ...
 
 
@@ -193,47 +197,57 @@ def greedy(
     min_lens: Tensor | None = None,
     no_repeat_ngram: int = 0,
     return_attention: bool = False,
+    reorder: ReorderFn | None = None,
 ) -> list[Hypothesis]:
     """Pick the best token of every sentence at every step; one Hypothesis per sentence, in order.
 
-    state covers B rows. Finished sentences are frozen: they keep feeding EOS and gain nothing.
+    state covers B rows. With `reorder`, finished sentences leave the batch (reorder gets the
+    rows that go on); without it they stay, frozen: they keep feeding EOS and gain nothing.
     """
     _check_lengths(batch_size, max_lens, min_lens)
-    tokens = torch.full((batch_size,), bos, dtype=torch.long, device=max_lens.device)  # (B,)
-    history = tokens.new_empty(batch_size, 0)  # (B, t)
-    log_prob = torch.zeros(batch_size, device=max_lens.device)  # (B,)
-    done = torch.zeros(batch_size, dtype=torch.bool, device=max_lens.device)  # (B,)
-    attn_rows: list[Tensor] = []  # t x (B, S)
+    device = max_lens.device
+    tokens = torch.full((batch_size,), bos, dtype=torch.long, device=device)  # (A,) A running rows
+    history = tokens.new_empty(batch_size, 0)  # (A, t)
+    log_prob = torch.zeros(batch_size, device=device)  # (A,)
+    done = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (A,)
+    live = torch.arange(batch_size, device=device)  # (A,) position of each running row in the batch
+    lens = (max_lens, min_lens)
+    attention = torch.zeros(batch_size, 0, 0, device=device) if return_attention else None  # (A, t, S)
+    out: list[tuple] = [()] * batch_size  # (history (T,), log_prob, attention (T, S) or None) per sentence
     for t in range(int(max_lens.max()) + 1):
-        log_probs, state, attn = step(tokens, state)  # (B, V), (B, S) or None
-        log_probs = adjust_log_probs(log_probs, t, history, max_lens, min_lens, eos, no_repeat_ngram)
-        best = log_probs.argmax(dim=1)  # (B,) first maximum on ties, as top_k
-        gained = log_probs.gather(1, best[:, None]).squeeze(1)  # (B,)
+        log_probs, state, attn = step(tokens, state)  # (A, V), (A, S) or None
+        log_probs = adjust_log_probs(log_probs, t, history, lens[0], lens[1], eos, no_repeat_ngram)
+        best = log_probs.argmax(dim=1)  # (A,) first maximum on ties, as top_k
+        gained = log_probs.gather(1, best[:, None]).squeeze(1)  # (A,)
         log_prob = log_prob + gained.masked_fill(done, 0.0)
         tokens = best.masked_fill(done, eos)  # frozen rows keep feeding EOS
-        history = torch.cat([history, tokens[:, None]], dim=1)  # (B, t+1)
+        history = torch.cat([history, tokens[:, None]], dim=1)  # (A, t+1)
         if return_attention:
-            attn_rows.append(_require_attention(attn))
-        done = done | (tokens == eos)
+            rows = _require_attention(attn)[:, None]  # (A, 1, S)
+            attention = rows if attention.size(1) == 0 else torch.cat([attention, rows], dim=1)
+        done = done | (tokens == eos) | (t >= lens[0])
         if bool(done.all()):
             break
-    attention = torch.stack(attn_rows, dim=1) if return_attention else None  # (B, T, S)
-    return _greedy_hypotheses(history, log_prob, attention, eos)
+        if reorder is not None and bool(done.any()):
+            for i in done.nonzero().squeeze(1).tolist():
+                out[int(live[i])] = (history[i], log_prob[i], None if attention is None else attention[i])
+            keep = (~done).nonzero().squeeze(1)  # (A',)
+            tokens, history, log_prob, done, live = tokens[keep], history[keep], log_prob[keep], done[keep], live[keep]
+            lens = (lens[0][keep], None if lens[1] is None else lens[1][keep])
+            attention = None if attention is None else attention[keep]
+            state = reorder(state, keep)
+    for i, b in enumerate(live.tolist()):
+        out[b] = (history[i], log_prob[i], None if attention is None else attention[i])
+    return [_greedy_hypothesis(*row, eos) for row in out]
 
 
-def _greedy_hypotheses(
-    history: Tensor, log_prob: Tensor, attention: Tensor | None, eos: int
-) -> list[Hypothesis]:
-    """Cut each row of history (B, T) at its first EOS."""
-    is_eos = history == eos  # (B, T)
-    first_eos = is_eos.int().argmax(dim=1)  # (B,)
-    lengths = torch.where(is_eos.any(dim=1), first_eos, history.size(1)).tolist()
-    hypotheses = []
-    for b, length in enumerate(lengths):
-        rows = None if attention is None else attention[b, : length + 1].clone()  # (length+1, S)
-        score = float(log_prob[b])
-        hypotheses.append(Hypothesis(history[b, :length].tolist(), score, score, rows))
-    return hypotheses
+def _greedy_hypothesis(history: Tensor, log_prob: Tensor, attention: Tensor | None, eos: int) -> Hypothesis:
+    """Cut a row of history (T,) at its first EOS; attention (T, S) keeps the rows up to it."""
+    ends = (history == eos).nonzero()
+    length = int(ends[0]) if ends.numel() else history.numel()
+    rows = None if attention is None else attention[: length + 1].clone()  # (length+1, S)
+    score = float(log_prob)
+    return Hypothesis(history[:length].tolist(), score, score, rows)
 
 
 # ---------------------------------------------------------------------------- beam search
@@ -279,33 +293,59 @@ def beam_search(
     state already covers N = B*K rows (row b*K + k is beam k of sentence b, identical at the start).
     Each step keeps the 2K best candidates per sentence; EOS candidates among the top K are
     finished, the best K others continue (fairseq's rule). A sentence is done once it has K
-    finished hypotheses or reached its max length; done sentences are frozen.
+    finished hypotheses or reached its max length; its K rows then leave the batch (the reorder
+    index gets shorter), so the steps that remain cost only what the running sentences need.
     """
     _check_beam_args(batch_size, beam_size, nbest, coverage_beta, src_mask)
     _check_lengths(batch_size, max_lens, min_lens)
     k = beam_size
-    row_max = max_lens.repeat_interleave(k)  # (N,)
-    row_min = None if min_lens is None else min_lens.repeat_interleave(k)  # (N,)
-    row_mask = None if src_mask is None else src_mask.repeat_interleave(k, dim=0)  # (N, S)
+    live = _Live(torch.arange(batch_size, device=max_lens.device), max_lens, min_lens,
+                 None if src_mask is None else src_mask.repeat_interleave(k, dim=0), k)
     beams = _initial_beams(batch_size, k, bos, max_lens.device)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
-    counts = torch.zeros(batch_size, dtype=torch.long, device=max_lens.device)  # (B,)
-    done = torch.zeros(batch_size, dtype=torch.bool, device=max_lens.device)  # (B,)
+    counts = torch.zeros(batch_size, dtype=torch.long, device=max_lens.device)  # (A,) per live sentence
     for t in range(int(max_lens.max()) + 1):
-        log_probs, state, attn = step(beams.tokens, state)  # (N, V), (N, S) or None
-        log_probs = adjust_log_probs(log_probs, t, beams.history, row_max, row_min, eos, no_repeat_ngram)
+        log_probs, state, attn = step(beams.tokens, state)  # (A*K, V), (A*K, S) or None
+        log_probs = adjust_log_probs(log_probs, t, beams.history, live.row_max, live.row_min, eos, no_repeat_ngram)
         beams = _add_attention(beams, attn, coverage_beta > 0, return_attention)
         cands = _expand(beams.scores, log_probs, 2 * k)
-        ending = _ending(cands, done, eos, k)  # (B, K)
+        ending = _ending(cands, eos, k)  # (A, K)
         if bool(ending.any()):
-            _finalise(finished, ending, cands, beams, t + 1, length_penalty_alpha, coverage_beta, row_mask)
+            _finalise(finished, live, ending, cands, beams, t + 1, length_penalty_alpha, coverage_beta)
         counts = counts + ending.sum(dim=1)
-        done = done | (counts >= k) | (t >= max_lens)
+        done = (counts >= k) | (t >= live.max_lens)  # (A,)
         if bool(done.all()):
             break
-        beams, index = _advance(beams, cands, done, eos)
+        beams, index = _advance(beams, cands, eos)
+        if bool(done.any()):
+            keep = (~done).nonzero().squeeze(1)  # (A',) the sentences that go on
+            rows = (keep[:, None] * k + torch.arange(k, device=keep.device)).view(-1)  # (A'*K,)
+            beams, index, live, counts = _select_rows(beams, rows, keep), index[rows], live.select(keep, rows), counts[keep]
         state = reorder(state, index)
     return [_best(hypotheses, nbest) for hypotheses in finished]
+
+
+class _Live(NamedTuple):
+    """What search keeps per running sentence (A of them) and per running row (A*K)."""
+
+    sentence: Tensor  # (A,) each running sentence's position in the input batch
+    max_lens: Tensor  # (A,)
+    min_lens: Tensor | None  # (A,)
+    row_mask: Tensor | None  # (A*K, S) source mask, for coverage
+    k: int
+
+    @property
+    def row_max(self) -> Tensor:
+        return self.max_lens.repeat_interleave(self.k)  # (A*K,)
+
+    @property
+    def row_min(self) -> Tensor | None:
+        return None if self.min_lens is None else self.min_lens.repeat_interleave(self.k)  # (A*K,)
+
+    def select(self, keep: Tensor, rows: Tensor) -> "_Live":
+        return _Live(self.sentence[keep], self.max_lens[keep],
+                     None if self.min_lens is None else self.min_lens[keep],
+                     None if self.row_mask is None else self.row_mask[rows], self.k)
 
 
 def _check_beam_args(
@@ -354,51 +394,56 @@ def _expand(scores: Tensor, log_probs: Tensor, width: int) -> _Candidates:
     return _Candidates(values, rows, flat % v)
 
 
-def _ending(cands: _Candidates, done: Tensor, eos: int, k: int) -> Tensor:
-    """(B, K) the top-K candidates that end in EOS with a finite score, for sentences still running."""
-    is_eos = cands.words[:, :k] == eos  # (B, K)
-    return is_eos & torch.isfinite(cands.scores[:, :k]) & ~done[:, None]
+def _ending(cands: _Candidates, eos: int, k: int) -> Tensor:
+    """(A, K) the top-K candidates that end in EOS with a finite score."""
+    is_eos = cands.words[:, :k] == eos  # (A, K)
+    return is_eos & torch.isfinite(cands.scores[:, :k])
 
 
 def _finalise(
     finished: list[list[Hypothesis]],
+    live: _Live,
     ending: Tensor,
     cands: _Candidates,
     beams: _Beams,
     length: int,
     alpha: float,
     beta: float,
-    row_mask: Tensor | None,
 ) -> None:
-    """Append a Hypothesis for every ending (B, K) candidate; length counts its tokens plus EOS."""
+    """Append a Hypothesis for every ending (A, K) candidate; length counts its tokens plus EOS."""
     sentence, position = ending.nonzero(as_tuple=True)  # (M,) each
     rows = cands.rows[sentence, position]  # (M,)
     log_probs = cands.scores[sentence, position]  # (M,)
     scores = log_probs / length_penalty(length, alpha)  # (M,)
     if beta > 0:
-        scores = scores + coverage_penalty(beams.attn_sum[rows], row_mask[rows], beta)
-    for b, row, log_prob, score in zip(sentence.tolist(), rows.tolist(), log_probs.tolist(), scores.tolist()):
+        scores = scores + coverage_penalty(beams.attn_sum[rows], live.row_mask[rows], beta)
+    for b, row, log_prob, score in zip(live.sentence[sentence].tolist(), rows.tolist(), log_probs.tolist(),
+                                       scores.tolist()):
         attention = None if beams.attn_history is None else beams.attn_history[row].clone()  # (length, S)
         finished[b].append(Hypothesis(beams.history[row].tolist(), log_prob, score, attention))
 
 
-def _advance(beams: _Beams, cands: _Candidates, done: Tensor, eos: int) -> tuple[_Beams, Tensor]:
-    """Continue with the best K non-EOS candidates; done sentences keep their rows. Returns the index (N,)."""
-    b, k = beams.scores.shape
-    n = b * k
+def _advance(beams: _Beams, cands: _Candidates, eos: int) -> tuple[_Beams, Tensor]:
+    """Continue with the best K non-EOS candidates of each sentence. Returns the reorder index (A*K,)."""
+    a, k = beams.scores.shape
     width = cands.words.size(1)
-    position = torch.arange(width, device=done.device)  # (2K,)
-    rank = position + (cands.words == eos).long() * width  # (B, 2K) EOS candidates sink below the rest
-    keep = rank.argsort(dim=1)[:, :k]  # (B, K) at most K EOS among 2K, so all kept are non-EOS
-    frozen = done.repeat_interleave(k)  # (N,)
-    rows = cands.rows.gather(1, keep).view(n)  # (N,) parent of each continuing beam
-    index = torch.where(frozen, torch.arange(n, device=done.device), rows)  # (N,)
-    tokens = cands.words.gather(1, keep).view(n).masked_fill(frozen, eos)  # (N,)
-    scores = torch.where(done[:, None], beams.scores, cands.scores.gather(1, keep))  # (B, K)
-    history = torch.cat([beams.history[index], tokens[:, None]], dim=1)  # (N, t+1)
-    attn_sum = None if beams.attn_sum is None else beams.attn_sum[index]  # (N, S)
-    attn_history = None if beams.attn_history is None else beams.attn_history[index]  # (N, t+1, S)
+    position = torch.arange(width, device=cands.words.device)  # (2K,)
+    rank = position + (cands.words == eos).long() * width  # (A, 2K) EOS candidates sink below the rest
+    keep = rank.argsort(dim=1)[:, :k]  # (A, K) at most K EOS among 2K, so all kept are non-EOS
+    index = cands.rows.gather(1, keep).view(a * k)  # (A*K,) parent of each continuing beam
+    tokens = cands.words.gather(1, keep).view(a * k)  # (A*K,)
+    scores = cands.scores.gather(1, keep)  # (A, K)
+    history = torch.cat([beams.history[index], tokens[:, None]], dim=1)  # (A*K, t+1)
+    attn_sum = None if beams.attn_sum is None else beams.attn_sum[index]  # (A*K, S)
+    attn_history = None if beams.attn_history is None else beams.attn_history[index]  # (A*K, t+1, S)
     return _Beams(tokens, scores, history, attn_sum, attn_history), index
+
+
+def _select_rows(beams: _Beams, rows: Tensor, keep: Tensor) -> _Beams:
+    """Only the beams of the sentences `keep` (A',), whose rows are `rows` (A'*K,)."""
+    return _Beams(beams.tokens[rows], beams.scores[keep], beams.history[rows],
+                  None if beams.attn_sum is None else beams.attn_sum[rows],
+                  None if beams.attn_history is None else beams.attn_history[rows])
 
 
 def _best(hypotheses: list[Hypothesis], nbest: int) -> list[Hypothesis]:

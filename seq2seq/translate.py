@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -43,16 +44,36 @@ def decode_batch(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeCon
     max_lens, min_lens = length_limits(lengths - 1, cfg)
     B = len(src)
     if cfg.beam == 1:
-        hyps = search.greedy(lambda tok, st: model.step(tok, st, memory), state, B, BOS, EOS,
-                             max_lens, min_lens, cfg.no_repeat_ngram, return_attention)
+        hyps = search.greedy(lambda tok, st: _step(model, tok, st), _Rows(state, memory, B), B, BOS, EOS,
+                             max_lens, min_lens, cfg.no_repeat_ngram, return_attention,
+                             reorder=lambda st, index: _reorder(model, st, index))
         return [[h] for h in hyps]
     K = cfg.beam
-    tiled = model.tile(memory, K)
-    state = model.reorder(state, torch.arange(B, device=device).repeat_interleave(K))
+    rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) beam k of sentence b is row b*K + k
+    start = _Rows(model.reorder(state, rows), model.tile(memory, K), B * K)
     return search.beam_search(
-        lambda tok, st: model.step(tok, st, tiled), model.reorder, state, B, K, BOS, EOS,
-        max_lens, min_lens, cfg.length_penalty, cfg.coverage_penalty, mask, cfg.nbest,
+        lambda tok, st: _step(model, tok, st), lambda st, index: _reorder(model, st, index), start, B, K,
+        BOS, EOS, max_lens, min_lens, cfg.length_penalty, cfg.coverage_penalty, mask, cfg.nbest,
         cfg.no_repeat_ngram, return_attention)
+
+
+class _Rows(NamedTuple):
+    """What search carries for the model: the decoder state and the memory of the same rows."""
+
+    state: Any
+    memory: Any
+    rows: int
+
+
+def _step(model: Seq2Seq | Ensemble, tokens: Tensor, st: _Rows) -> tuple[Tensor, _Rows, Tensor]:
+    log_probs, state, attn = model.step(tokens, st.state, st.memory)
+    return log_probs, st._replace(state=state), attn
+
+
+def _reorder(model: Seq2Seq | Ensemble, st: _Rows, index: Tensor) -> _Rows:
+    """Beams move within their sentence (the memory stays); a shorter index drops finished sentences."""
+    memory = st.memory if index.numel() == st.rows else model.select(st.memory, index)
+    return _Rows(model.reorder(st.state, index), memory, index.numel())
 
 
 def decode_ids(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
@@ -84,9 +105,10 @@ class Translator:
     """Text in, text out, for one model or an ensemble of models sharing their vocabularies."""
 
     def __init__(self, model: Seq2Seq | Ensemble, tokenizers: Tokenizers, config: Config,
-                 device: torch.device, source: str = ""):
+                 device: torch.device, source: str = "", training: dict | None = None):
         self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
         self.device, self.source = device, source
+        self.training = training or {}  # how far the (first) checkpoint had trained, for results cards
 
     @classmethod
     def load(cls, path: str | Path | list, device: str | torch.device = "cpu") -> "Translator":
@@ -99,7 +121,7 @@ class Translator:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise Seq2SeqError("--device cuda: no CUDA device is available")
         loaded = [_load_one(p, device) for p in paths]
-        model, tokenizers, config, source = loaded[0]
+        model, tokenizers, config, source, training = loaded[0]
         for other in loaded[1:]:
             for side in ("src", "tgt"):
                 if getattr(other[1], side).checksum != getattr(tokenizers, side).checksum:
@@ -107,7 +129,8 @@ class Translator:
                                        f"SentencePiece model differs from that of {source}")
         if len(loaded) > 1:
             model, source = Ensemble([m for m, *_ in loaded]), " + ".join(x[3] for x in loaded)
-        return cls(model, tokenizers, config, device, source)
+            training = {"ensemble_of": len(loaded), **training}
+        return cls(model, tokenizers, config, device, source, training)
 
     def decode_config(self, **overrides) -> DecodeConfig:
         cfg = replace(self.config.decode, **{k: v for k, v in overrides.items() if v is not None})
@@ -154,17 +177,27 @@ class Translator:
                            sum(h.log_prob for h in best), sum(h.score for h in best), None)
 
 
-def _load_one(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenizers, Config, str]:
+def _load_one(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenizers, Config, str, dict]:
     ckpt_path = checkpoint.resolve(path)
-    payload = checkpoint.load(ckpt_path)
+    payload = checkpoint.load(ckpt_path, mmap=True)  # the optimizer state is never read
     config = from_dict(payload["config"])
     tokenizers = _tokenizers_from_payload(payload, ckpt_path)
-    model = build_model(config.model, len(tokenizers.src), len(tokenizers.tgt))
+    model = build_model(config.model, len(tokenizers.src), len(tokenizers.tgt), init=False)  # weights follow
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError:
         raise Seq2SeqError(f"{ckpt_path}: its weights do not fit its config and vocabularies") from None
-    return model.to(device), tokenizers, config, str(ckpt_path)
+    return model.to(device), tokenizers, config, str(ckpt_path), _training_of(payload)
+
+
+def _training_of(payload: dict) -> dict:
+    """Steps, training minutes and best validation BLEU at the time the checkpoint was written
+    (averaged checkpoints say what they averaged instead)."""
+    if "averaged_from" in payload:
+        return {"averaged_from": [Path(p).name for p in payload["averaged_from"]]}
+    p = payload.get("progress") or {}
+    return {"steps": p.get("step"), "minutes": round(p.get("elapsed", 0.0) / 60, 2),
+            "best_valid_bleu": p.get("best_bleu"), "best_step": p.get("best_step")}
 
 
 def _tokenizers_from_payload(payload: dict, ckpt_path: Path) -> Tokenizers:

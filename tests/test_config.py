@@ -160,7 +160,7 @@ def test_defaults_stated_in_recipe_comments_match_the_code():
     ("train.lr=0.01", "train.lr", 0.01),
     ("train.lr=2", "train.lr", 2.0),                      # an int given for a float key
     ("train.lr=5e-4", "train.lr", 5e-4),
-    ("tokenizer.joint=false", "tokenizer.joint", False),
+    ("model.decoder.tie_embeddings=false", "model.decoder.tie_embeddings", False),
     ("model.encoder.bidirectional = false", "model.encoder.bidirectional", False),
     ("data.src=fr", "data.src", "fr"),                    # bare word -> string
     ('data.tgt="cs"', "data.tgt", "cs"),

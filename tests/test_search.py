@@ -346,20 +346,47 @@ def test_beam_wider_than_vocabulary_returns_only_possible_hypotheses():
     assert all(math.isfinite(h.log_prob) for h in hyps)
 
 
-def test_reorder_stays_within_each_sentence():
+def test_reorder_stays_within_each_sentence_and_drops_finished_ones():
     stub = HashStep()
     k, sentences = 3, [0, 1, 2, 3]
-    indices = []
+    indices, rows_seen = [], []
+
+    def recording_step(tokens, state):
+        rows_seen.append(tokens.numel())
+        return stub(tokens, state)
 
     def recording_reorder(state, index):
         indices.append(index.clone())
         return hash_reorder(state, index)
 
-    beam_search(stub, recording_reorder, hash_state(sentences, k), 4, k, BOS, EOS, torch.tensor([4, 9, 2, 7]))
+    max_lens = torch.tensor([4, 9, 2, 7])
+    beam_search(recording_step, recording_reorder, hash_state(sentences, k), 4, k, BOS, EOS, max_lens)
     assert indices
-    block = torch.arange(len(sentences) * k) // k
-    assert all(torch.equal(index // k, block) for index in indices)
-    assert any(not torch.equal(index, torch.arange(len(block))) for index in indices)  # beams did move
+    rows = len(sentences) * k
+    for index in indices:
+        assert index.numel() <= rows and index.numel() % k == 0
+        old_sentence = (index // k).view(-1, k)  # (A', K) the old sentence of each new row
+        assert bool((old_sentence == old_sentence[:, :1]).all())  # a sentence's beams stay together
+        assert bool((old_sentence[1:, 0] > old_sentence[:-1, 0]).all())  # in order, none twice
+        rows = index.numel()
+    assert any(not torch.equal(index, torch.arange(index.numel())) for index in indices)  # beams did move
+    assert rows_seen[0] == 12 and rows_seen[-1] < 12  # finished sentences left the batch
+    assert rows_seen == sorted(rows_seen, reverse=True)
+
+
+def test_greedy_dropping_finished_rows_changes_nothing_but_the_work():
+    stub = HashStep()
+    sentences, rows_seen = [0, 1, 2, 3, 4], []
+
+    def recording_step(tokens, state):
+        rows_seen.append(tokens.numel())
+        return stub(tokens, state)
+
+    kwargs = dict(no_repeat_ngram=2, return_attention=True, min_lens=torch.tensor([0, 1, 0, 2, 1]))
+    frozen = run_greedy(stub, sentences, MAX_LENS, **kwargs)
+    dropped = run_greedy(recording_step, sentences, MAX_LENS, reorder=hash_reorder, **kwargs)
+    assert all(same(a, b) and torch.equal(a.attention, b.attention) for a, b in zip(frozen, dropped))
+    assert rows_seen[0] == 5 and rows_seen[-1] < 5
 
 
 def test_return_attention_shapes():

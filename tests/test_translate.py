@@ -19,7 +19,7 @@ from seq2seq.config import DecodeConfig
 from seq2seq.decoder import tile_memory
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import BOS, EOS
-from seq2seq.translate import Translator, decode_ids, length_limits
+from seq2seq.translate import Translator, _reorder, _Rows, _step, decode_ids, length_limits
 
 CPU = torch.device("cpu")
 LETTERS = "abcdefghij"
@@ -68,9 +68,8 @@ def test_beam_one_equals_greedy(translator, src_ids):
     ids, lengths, mask = collate_src(src_ids)
     memory, state = model.encode(ids, lengths, mask)
     max_lens, min_lens = length_limits(lengths - 1, cfg)
-    tiled = tile_memory(memory, 1)
-    state = model.reorder(state, torch.arange(len(src_ids)))
-    beam = search.beam_search(lambda tok, st: model.step(tok, st, tiled), model.reorder, state,
+    start = _Rows(model.reorder(state, torch.arange(len(src_ids))), tile_memory(memory, 1), len(src_ids))
+    beam = search.beam_search(lambda tok, st: _step(model, tok, st), lambda st, i: _reorder(model, st, i), start,
                               len(src_ids), 1, BOS, EOS, max_lens, min_lens, src_mask=mask)
 
     assert [h[0].tokens for h in greedy] == [h[0].tokens for h in beam]
