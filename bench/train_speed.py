@@ -8,7 +8,9 @@
     and per-step output projection over the whole padded batch (what OpenNMT-py and
     Joey NMT do).
 Both do a full training step (forward, backward, Adam) on the same real Multi30K batches.
-Target tokens exclude padding. The model's floating-point operations per target token are
+The model is the recipe's with the shape of the issue's comparison table pinned (`ISSUE_SHAPE`:
+joint SentencePiece 8k, separate embeddings, untied output layer), so the numbers stay
+comparable when the recipe's vocabulary changes. Target tokens exclude padding. The model's floating-point operations per target token are
 counted from the layer sizes (see `flops_per_target_token`) and compared with this
 machine's float32 matrix-multiply throughput, measured in the same run with the same
 thread count (best of square products of size 1024 and 2048).
@@ -28,6 +30,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+ISSUE_SHAPE = ["tokenizer.vocab_size=8000", "tokenizer.joint=true", "model.share_embeddings=false",
+               "model.decoder.tie_embeddings=false"]
 sys.path.insert(0, str(ROOT))
 
 from seq2seq import config  # noqa: E402
@@ -130,7 +134,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cfg = config.load(args.recipe)
+    cfg = config.load(args.recipe, ISSUE_SHAPE)
     prepared = prepare(cfg, Path(args.work) / Path(args.recipe).stem, args.data_dir, log=lambda *a: None)
     vocab = len(prepared.tokenizers.tgt)
     torch.manual_seed(0)

@@ -1,9 +1,12 @@
 """The tutorial's depth claims, measured on Multi30K de->en with one budget per cell.
 
-    python recipes/ablation.py [--steps 1500] [--seeds 1 2] [--out exp/ablation] [--data-dir DIR]
+    python recipes/ablation.py [--steps 1000] [--size 128] [--batch-tokens 1000] [--lr 0.004]
+                               [--seeds 1 2] [--out exp/ablation] [--data-dir DIR]
 
-Starting from recipes/multi30k_de_en_cpu.toml, each cell changes one thing (one factor at
-a time from the base: encoder layers {1, 2, 4}, bidirectional vs unidirectional, decoder
+Starting from recipes/multi30k_de_en_cpu.toml with every width (embeddings, RNN hidden
+size, attention) set to --size and batches of --batch-tokens target tokens at learning
+rate --lr (a small model learns fastest in a few minutes with small batches and a higher
+rate), each cell changes one thing (one factor at a time from the base: encoder layers {1, 2, 4}, bidirectional vs unidirectional, decoder
 layers {1, 2, 4, 8}, residual none/gnmt/dense, attention feed gnmt/input_feed) and trains
 for the same number of steps with the same batches. Finished cells are skipped and
 interrupted ones resumed, so the grid can be run across several sittings. Writes
@@ -48,7 +51,11 @@ def seq2seq(*args: str) -> None:
 
 def run_cell(name: str, overrides: list[str], seed: int, args) -> dict:
     expdir = Path(args.out) / f"{slug(name)}-s{seed}"
-    sets = [x for o in overrides + [f"train.seed={seed}", f"train.max_steps={args.steps}",
+    width = [f"model.{part}.{key}={args.size}" for part, key in
+             [("encoder", "hidden"), ("encoder", "embedding"), ("decoder", "hidden"),
+              ("decoder", "embedding"), ("attention", "hidden")]]
+    sets = [x for o in width + overrides + [f"train.seed={seed}", f"train.max_steps={args.steps}",
+                                   f"train.batch_tokens={args.batch_tokens}", f"train.lr={args.lr}",
                                    "train.max_minutes=0", f"train.valid_every={args.steps}",
                                    f"train.log_every={max(1, min(50, args.steps // 4))}"] for x in ("--set", o)]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
@@ -77,7 +84,8 @@ def _parameters(expdir: Path) -> int:
 
 
 def write_table(rows: dict[str, list[dict]], args) -> str:
-    lines = [f"Multi30K de->en, {args.steps} steps of ~2,000-token batches per cell "
+    lines = [f"Multi30K de->en, {args.steps} steps of ~{args.batch_tokens:,}-token batches at lr {args.lr} per cell, "
+             f"every width {args.size} "
              f"(recipes/multi30k_de_en_cpu.toml otherwise), seeds {', '.join(map(str, args.seeds))}; "
              "greedy sacreBLEU, mean ± spread over seeds.", "",
              "| cell | val BLEU | test BLEU | parameters | target tok/s |", "|---|---|---|---|---|"]
@@ -111,7 +119,10 @@ def write_plot(rows: dict[str, list[dict]], out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch-tokens", type=int, default=1000)
+    ap.add_argument("--lr", type=float, default=0.004)
+    ap.add_argument("--size", type=int, default=128, help="embedding, hidden and attention width")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", default=str(ROOT / "exp/ablation"))
     ap.add_argument("--data-dir")
