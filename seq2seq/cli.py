@@ -261,7 +261,7 @@ def cmd_evaluate(args) -> int:
     print(f"{args.split}: BLEU = {card['bleu']:.2f}  ({card['bleu_signature']})")
     print(f"{args.split}: chrF = {card['chrf']:.2f}  ({card['chrf_signature']})")
     print(f"{args.split}: lowercased 13a BLEU = {card['lowercase_13a_bleu']:.2f}; "
-          f"{card['sentences_per_second']} sentences/s; results card: {card['card']}")
+          f"{card['sentences_per_second']} sentences/s; results card: {card['card_path']}")
     return 0
 
 

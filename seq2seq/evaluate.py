@@ -73,13 +73,11 @@ def hardware(device: torch.device) -> dict:
 
 
 def _portable(path: str) -> str:
-    """A checkpoint path as it can be published: relative to the working directory if inside it."""
+    """A checkpoint as it can be published: EXPERIMENT/checkpoints/NAME, never a machine path."""
     parts = []
-    for p in path.split(" + "):  # ensembles
-        try:
-            parts.append(str(Path(p).resolve().relative_to(Path.cwd())))
-        except ValueError:
-            parts.append(str(Path(*Path(p).parts[-3:])))
+    for p in map(Path, path.split(" + ")):  # ensembles
+        parts.append(str(Path(p.parent.parent.name, p.parent.name, p.name)) if p.parent.name == "checkpoints"
+                     else p.name)
     return " + ".join(parts)
 
 
@@ -117,4 +115,4 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
     text = (json.dumps(card, indent=2) + "\n").encode()
     atomic_write_bytes(out_dir / f"{tag}.json", text)      # one card per decode setting ...
     atomic_write_bytes(out_dir / f"{split}.json", text)    # ... and the latest one under the split's name
-    return card
+    return {**card, "card_path": str(out_dir / f"{tag}.json")}

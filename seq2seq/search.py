@@ -9,7 +9,8 @@ at max length, no-repeat n-grams) only set disallowed tokens to -inf and are sha
 beam search, so the log-probabilities of a hypothesis are always the model's own.
 
 Shapes: B sentences, K beams, N rows (B for greedy, B*K for beams, row b*K + k is beam k of
-sentence b), V vocabulary, S source positions, t tokens generated so far.
+sentence b), V vocabulary, S source positions, t tokens generated so far. Finished sentences
+leave the batch, so inside the loops A <= B counts the sentences still running (A*K rows).
 
 Ties are broken toward the lower index everywhere (argmax in greedy, `top_k` in beam search), so
 beam search with K=1 reproduces greedy exactly.
@@ -254,21 +255,21 @@ def _greedy_hypothesis(history: Tensor, log_prob: Tensor, attention: Tensor | No
 
 
 class _Beams(NamedTuple):
-    """Search bookkeeping for the N = B*K rows; the decoder state stays with the caller."""
+    """Search bookkeeping for the A*K running rows; the decoder state stays with the caller."""
 
-    tokens: Tensor  # (N,) last token of each beam, fed to the next step
-    scores: Tensor  # (B, K) summed log-probs of each beam
-    history: Tensor  # (N, t) generated tokens
-    attn_sum: Tensor | None  # (N, S) attention summed over generated tokens, for coverage
-    attn_history: Tensor | None  # (N, t, S) attention rows, for return_attention
+    tokens: Tensor  # (A*K,) last token of each beam, fed to the next step
+    scores: Tensor  # (A, K) summed log-probs of each beam
+    history: Tensor  # (A*K, t) generated tokens
+    attn_sum: Tensor | None  # (A*K, S) attention summed over generated tokens, for coverage
+    attn_history: Tensor | None  # (A*K, t, S) attention rows, for return_attention
 
 
 class _Candidates(NamedTuple):
     """The 2K best one-token extensions of each sentence's beams, best first."""
 
-    scores: Tensor  # (B, 2K) summed log-probs
-    rows: Tensor  # (B, 2K) parent row in [0, N)
-    words: Tensor  # (B, 2K) appended token
+    scores: Tensor  # (A, 2K) summed log-probs
+    rows: Tensor  # (A, 2K) parent row in [0, A*K)
+    words: Tensor  # (A, 2K) appended token
 
 
 def beam_search(
@@ -388,9 +389,9 @@ def _expand(scores: Tensor, log_probs: Tensor, width: int) -> _Candidates:
     """Best `width` extensions per sentence over all K*V (beam, token) pairs."""
     b, k = scores.shape
     v = log_probs.size(1)
-    total = (scores.view(b * k, 1) + log_probs).view(b, k * v)  # (B, K*V)
-    values, flat = top_k(total, min(width, k * v))  # (B, 2K)
-    rows = torch.arange(b, device=flat.device)[:, None] * k + flat // v  # (B, 2K)
+    total = (scores.view(b * k, 1) + log_probs).view(b, k * v)  # (A, K*V)
+    values, flat = top_k(total, min(width, k * v))  # (A, 2K)
+    rows = torch.arange(b, device=flat.device)[:, None] * k + flat // v  # (A, 2K)
     return _Candidates(values, rows, flat % v)
 
 

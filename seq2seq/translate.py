@@ -196,8 +196,10 @@ def _training_of(payload: dict) -> dict:
     if "averaged_from" in payload:
         return {"averaged_from": [Path(p).name for p in payload["averaged_from"]]}
     p = payload.get("progress") or {}
+    validated = p.get("best_step", 0) > 0  # else best_bleu is still its -1 placeholder
     return {"steps": p.get("step"), "minutes": round(p.get("elapsed", 0.0) / 60, 2),
-            "best_valid_bleu": p.get("best_bleu"), "best_step": p.get("best_step")}
+            "best_valid_bleu": p.get("best_bleu") if validated else None,
+            "best_step": p.get("best_step") if validated else None}
 
 
 def _tokenizers_from_payload(payload: dict, ckpt_path: Path) -> Tokenizers:

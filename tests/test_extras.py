@@ -234,3 +234,39 @@ def test_ensemble_step_is_the_log_of_the_mean_probability():
     assert not torch.allclose(la, lb)
     assert torch.allclose(log_probs, torch.log((la.exp() + lb.exp()) / 2), atol=1e-6)
     assert torch.allclose(attn, (aa + ab) / 2)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_ensemble_decodes_a_batch_like_one_sentence_at_a_time(beam):
+    """Sentences of different lengths finish at different steps and leave the batch; the
+    ensemble's memories must shrink with them (Ensemble.select)."""
+    from dataclasses import replace
+
+    from seq2seq.config import DecoderConfig, EncoderConfig, ModelConfig
+    from seq2seq.ensemble import Ensemble
+    from seq2seq.model import build_model
+    cfg = ModelConfig(encoder=EncoderConfig(hidden=16, embedding=8),
+                      decoder=DecoderConfig(hidden=16, embedding=8, attention_feed="input_feed"))
+    torch.manual_seed(0)
+    ensemble = Ensemble([build_model(cfg, 30, 30).eval(), build_model(cfg, 30, 30).eval()])
+    src = [[5, 6, 7, 8, 9, 10, 11], [12], [13, 14, 15], [16, 17, 18, 19, 20, 21, 22, 23, 24, 25], [26, 27]]
+    dcfg = replace(DecodeConfig(), beam=beam, nbest=beam, max_len_a=1.0, max_len_b=2)
+    batched = decode_ids(ensemble, src, dcfg, torch.device("cpu"))
+    alone = [decode_ids(ensemble, [s], dcfg, torch.device("cpu"))[0] for s in src]
+    lengths = {len(h.tokens) for nbest in batched for h in nbest}
+    assert len(lengths) > 1  # hypotheses of several lengths: rows really left the batch at different steps
+    for b, a in zip(batched, alone):
+        assert [h.tokens for h in b] == [h.tokens for h in a]
+        assert [h.log_prob for h in b] == pytest.approx([h.log_prob for h in a], abs=1e-5)
+
+
+def test_results_card_training_fields_for_trained_averaged_and_unvalidated_checkpoints(reverse_model, tmp_path):
+    from seq2seq.translate import _training_of
+    best = checkpoint.load(reverse_model / "checkpoints" / "best.pt")
+    trained = _training_of(best)
+    assert trained["steps"] >= trained["best_step"] > 0 and trained["best_valid_bleu"] > 0
+    assert trained["minutes"] > 0
+    steps = checkpoint.step_checkpoints(reverse_model)[-2:]
+    assert _training_of(checkpoint.average(steps)) == {"averaged_from": [p.name for p in steps]}
+    fresh = {**best, "progress": {**best["progress"], "best_bleu": -1.0, "best_step": 0}}
+    assert _training_of(fresh)["best_valid_bleu"] is None and _training_of(fresh)["best_step"] is None

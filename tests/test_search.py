@@ -296,6 +296,21 @@ def test_batched_beam_equals_one_at_a_time(k):
         assert all(same(a, b) for a, b in zip(alone, batched[i]))
 
 
+def test_sentences_leaving_the_batch_in_any_order_keep_their_results():
+    """Unsorted max lengths (one of them 0): sentences finish out of order and leave the batch."""
+    stub = HashStep()
+    sentences, max_lens = [3, 0, 4, 1, 2, 5], [9, 2, 0, 12, 1, 6]
+    src_mask = torch.tensor([[True] * n + [False] * (5 - n) for n in [5, 2, 4, 3, 5, 1]])  # (B, S)
+    kwargs = dict(nbest=3, coverage_beta=0.3, length_penalty_alpha=0.6, return_attention=True)
+    batched = run_beam(stub, sentences, max_lens, 3, src_mask=src_mask, **kwargs)
+    for i, s in enumerate(sentences):
+        [alone] = run_beam(stub, [s], max_lens[i : i + 1], 3, src_mask=src_mask[i : i + 1], **kwargs)
+        assert len(alone) == len(batched[i])
+        for a, b in zip(alone, batched[i]):
+            assert same(a, b) and torch.equal(a.attention, b.attention)
+            assert len(b.tokens) <= max_lens[i]
+
+
 def test_batched_greedy_equals_one_at_a_time():
     stub = HashStep()
     sentences = [0, 1, 2, 3, 4]
