@@ -9,7 +9,8 @@ rate --lr (a small model learns fastest in a few minutes with small batches and 
 rate), each cell changes one thing (one factor at a time from the base: encoder layers {1, 2, 4}, bidirectional vs unidirectional, decoder
 layers {1, 2, 4, 8}, residual none/gnmt/dense, attention feed gnmt/input_feed) and trains
 for the same number of steps with the same batches. Finished cells are skipped and
-interrupted ones resumed, so the grid can be run across several sittings. Writes
+interrupted ones resumed, so the grid can be run across several sittings (--report-only
+writes the table from what has finished). Writes
 OUT/ablation.md (val and test BLEU, greedy, mean over seeds; parameters; tokens/s) and
 OUT/ablation.png.
 """
@@ -61,6 +62,8 @@ def run_cell(name: str, overrides: list[str], seed: int, args) -> dict:
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     metrics = expdir / "metrics.jsonl"
     done = metrics.exists() and any('"summary"' in line for line in metrics.read_text().splitlines())
+    if not done and args.report_only:
+        return None
     if not done:
         resume = ["--resume"] if (expdir / "checkpoints/last.pt").exists() else []
         seq2seq("train", str(BASE), "--out", str(expdir), *sets, *data, *resume)
@@ -87,14 +90,14 @@ def write_table(rows: dict[str, list[dict]], args) -> str:
     lines = [f"Multi30K de->en, {args.steps} steps of ~{args.batch_tokens:,}-token batches at lr {args.lr} per cell, "
              f"every width {args.size} "
              f"(recipes/multi30k_de_en_cpu.toml otherwise), seeds {', '.join(map(str, args.seeds))}; "
-             "greedy sacreBLEU, mean ± spread over seeds.", "",
-             "| cell | val BLEU | test BLEU | parameters | target tok/s |", "|---|---|---|---|---|"]
+             "greedy sacreBLEU, mean ± half the range over the seeds run.", "",
+             "| cell | seeds | val BLEU | test BLEU | parameters | target tok/s |", "|---|---|---|---|---|---|"]
     for name, runs in rows.items():
         def stat(key: str) -> str:
             values = [r[key] for r in runs]
             mean = statistics.mean(values)
             return f"{mean:.1f} ± {(max(values) - min(values)) / 2:.1f}" if len(values) > 1 else f"{mean:.1f}"
-        lines.append(f"| {name} | {stat('val')} | {stat('test')} | {runs[0]['params']:,} | "
+        lines.append(f"| {name} | {len(runs)} | {stat('val')} | {stat('test')} | {runs[0]['params']:,} | "
                      f"{statistics.mean(r['tok_per_s'] for r in runs):,.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -127,9 +130,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "exp/ablation"))
     ap.add_argument("--data-dir")
     ap.add_argument("--cells", nargs="*", help="only these cells (by name)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: table and plot from the runs that have finished")
     args = ap.parse_args()
     cells = {k: v for k, v in CELLS.items() if not args.cells or k in args.cells}
-    rows = {name: [run_cell(name, overrides, seed, args) for seed in args.seeds] for name, overrides in cells.items()}
+    rows = {name: [r for seed in args.seeds if (r := run_cell(name, overrides, seed, args))]
+            for name, overrides in cells.items()}
+    rows = {name: runs for name, runs in rows.items() if runs}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.md").write_text(write_table(rows, args))

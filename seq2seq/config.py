@@ -134,7 +134,7 @@ class DecodeConfig:
     min_len_b: int = _opt(0, ge=0)
     nbest: int = _opt(1, ge=1)
     no_repeat_ngram: int = _opt(0, ge=0)
-    batch_tokens: int = _opt(4000, ge=1, help="source tokens per decoding batch")
+    batch_tokens: int = _opt(16000, ge=1, help="source tokens per decoding batch, beams included")
     max_source_len: int = _opt(250, ge=1, help="longer source lines are translated in chunks of this many pieces")
 
 
