@@ -212,12 +212,11 @@ def greedy(
     log_prob = torch.zeros(batch_size, device=device)  # (A,)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (A,)
     live = torch.arange(batch_size, device=device)  # (A,) position of each running row in the batch
-    lens = (max_lens, min_lens)
     attention = torch.zeros(batch_size, 0, 0, device=device) if return_attention else None  # (A, t, S)
     out: list[tuple] = [()] * batch_size  # (history (T,), log_prob, attention (T, S) or None) per sentence
     for t in range(int(max_lens.max()) + 1):
         log_probs, state, attn = step(tokens, state)  # (A, V), (A, S) or None
-        log_probs = adjust_log_probs(log_probs, t, history, lens[0], lens[1], eos, no_repeat_ngram)
+        log_probs = adjust_log_probs(log_probs, t, history, max_lens, min_lens, eos, no_repeat_ngram)
         best = log_probs.argmax(dim=1)  # (A,) first maximum on ties, as top_k
         gained = log_probs.gather(1, best[:, None]).squeeze(1)  # (A,)
         log_prob = log_prob + gained.masked_fill(done, 0.0)
@@ -226,7 +225,7 @@ def greedy(
         if return_attention:
             rows = _require_attention(attn)[:, None]  # (A, 1, S)
             attention = rows if attention.size(1) == 0 else torch.cat([attention, rows], dim=1)
-        done = done | (tokens == eos) | (t >= lens[0])
+        done = done | (tokens == eos) | (t >= max_lens)  # (A,) a row at its max length is over
         if bool(done.all()):
             break
         if reorder is not None and bool(done.any()):
@@ -234,7 +233,7 @@ def greedy(
                 out[int(live[i])] = (history[i], log_prob[i], None if attention is None else attention[i])
             keep = (~done).nonzero().squeeze(1)  # (A',)
             tokens, history, log_prob, done, live = tokens[keep], history[keep], log_prob[keep], done[keep], live[keep]
-            lens = (lens[0][keep], None if lens[1] is None else lens[1][keep])
+            max_lens, min_lens = max_lens[keep], None if min_lens is None else min_lens[keep]
             attention = None if attention is None else attention[keep]
             state = reorder(state, keep)
     for i, b in enumerate(live.tolist()):
