@@ -59,13 +59,8 @@ def reorder_state(state: DecoderState, index: Tensor) -> DecoderState:
 
 
 def select_memory(memory: Memory, index: Tensor) -> Memory:
-    """Row i of the new memory is row index[i] of the old one (sentences leaving a beam batch)."""
+    """Row i of the new memory is row index[i] of the old one: tiling for beams, dropping finished sentences."""
     return Memory(*(t.index_select(0, index) for t in memory))
-
-
-def tile_memory(memory: Memory, beam: int) -> Memory:
-    """Repeat each sentence's memory `beam` times: row b*beam + k is beam k of sentence b."""
-    return Memory(*(t.repeat_interleave(beam, dim=0) for t in memory))
 
 
 class Decoder(nn.Module):

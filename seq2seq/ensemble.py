@@ -1,7 +1,7 @@
 """Ensembles: several models decoding as one, averaging their per-step probabilities.
 
 An Ensemble offers the same small decoding interface as Seq2Seq (encode, step, reorder,
-tile, select), so greedy and beam search run over it unchanged. Its memory and state are tuples
+select), so greedy and beam search run over it unchanged. Its memory and state are tuples
 with one entry per model.
 """
 
@@ -33,9 +33,6 @@ class Ensemble(nn.Module):
 
     def reorder(self, states: tuple, index: Tensor) -> tuple:
         return tuple(m.reorder(s, index) for m, s in zip(self.models, states))
-
-    def tile(self, memories: tuple, beam: int) -> tuple:
-        return tuple(m.tile(mem, beam) for m, mem in zip(self.models, memories))
 
     def select(self, memories: tuple, index: Tensor) -> tuple:
         return tuple(m.select(mem, index) for m, mem in zip(self.models, memories))

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from seq2seq.config import ModelConfig
-from seq2seq.decoder import Decoder, DecoderState, Memory, reorder_state, select_memory, tile_memory
+from seq2seq.decoder import Decoder, DecoderState, Memory, reorder_state, select_memory
 from seq2seq.encoder import Encoder
 from seq2seq.tokenizer import PAD
 
@@ -104,10 +104,6 @@ class Seq2Seq(nn.Module):
     @staticmethod
     def reorder(state: DecoderState, index: Tensor) -> DecoderState:
         return reorder_state(state, index)
-
-    @staticmethod
-    def tile(memory: Memory, beam: int) -> Memory:
-        return tile_memory(memory, beam)
 
     @staticmethod
     def select(memory: Memory, index: Tensor) -> Memory:

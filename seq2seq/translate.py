@@ -50,7 +50,7 @@ def decode_batch(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeCon
         return [[h] for h in hyps]
     K = cfg.beam
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) beam k of sentence b is row b*K + k
-    start = _Rows(model.reorder(state, rows), model.tile(memory, K), B * K)
+    start = _Rows(model.reorder(state, rows), model.select(memory, rows), B * K)
     return search.beam_search(
         lambda tok, st: _step(model, tok, st), lambda st, index: _reorder(model, st, index), start, B, K,
         BOS, EOS, max_lens, min_lens, cfg.length_penalty, cfg.coverage_penalty, mask, cfg.nbest,

@@ -16,7 +16,7 @@ import torch
 from seq2seq import search
 from seq2seq.batching import collate_src
 from seq2seq.config import DecodeConfig
-from seq2seq.decoder import tile_memory
+from seq2seq.decoder import select_memory
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import BOS, EOS
 from seq2seq.translate import Translator, _reorder, _Rows, _step, decode_ids, length_limits
@@ -68,7 +68,7 @@ def test_beam_one_equals_greedy(translator, src_ids):
     ids, lengths, mask = collate_src(src_ids)
     memory, state = model.encode(ids, lengths, mask)
     max_lens, min_lens = length_limits(lengths - 1, cfg)
-    start = _Rows(model.reorder(state, torch.arange(len(src_ids))), tile_memory(memory, 1), len(src_ids))
+    start = _Rows(model.reorder(state, torch.arange(len(src_ids))), select_memory(memory, torch.arange(len(src_ids))), len(src_ids))
     beam = search.beam_search(lambda tok, st: _step(model, tok, st), lambda st, i: _reorder(model, st, i), start,
                               len(src_ids), 1, BOS, EOS, max_lens, min_lens, src_mask=mask)
 
