@@ -71,6 +71,16 @@ def build_parser() -> Parser:
     _decode_options(s)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
+    s = sub.add_parser("tune", help="choose beam size and length penalty by BLEU on the validation split")
+    s.add_argument("model")
+    s.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5, 8], metavar="K",
+                   help="beam sizes to try (default: 1 3 5 8)")
+    s.add_argument("--length-penalties", type=float, nargs="+", default=[0.6, 0.8, 1.0, 1.2, 1.4],
+                   metavar="ALPHA", help="GNMT length penalties to try (default: 0.6 0.8 1.0 1.2 1.4)")
+    s.add_argument("--data-dir")
+    s.add_argument("--batch-tokens", type=int, help="source tokens per batch (beams included)")
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
     s = sub.add_parser("plot", help="learning curves (loss, validation loss and BLEU) from metrics.jsonl")
     s.add_argument("expdir", nargs="+", help="experiment directories, one line each")
     s.add_argument("-o", "--output", default="curves.png")
@@ -265,6 +275,34 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from seq2seq import evaluate
+    from seq2seq.translate import Translator
+    if min(args.beams) < 1:
+        raise Seq2SeqError(f"--beams must be >= 1, got {min(args.beams)}")
+    if min(args.length_penalties) < 0:
+        raise Seq2SeqError(f"--length-penalties must be >= 0, got {min(args.length_penalties)}")
+    if args.batch_tokens is not None and args.batch_tokens < 1:
+        raise Seq2SeqError(f"--batch-tokens must be >= 1, got {args.batch_tokens}")
+    translator = Translator.load(args.model, args.device)
+    print(f"{'beam':>4} {'length penalty':>14} {'BLEU':>6} {'chrF':>6} {'sent/s':>7}")
+
+    def show(r: dict) -> None:
+        lp = "-" if r["length_penalty"] is None else f"{r['length_penalty']:g}"
+        print(f"{r['beam']:>4} {lp:>14} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['sentences_per_second']:>7.1f}",
+              flush=True)
+
+    kw = {} if args.batch_tokens is None else {"batch_tokens": args.batch_tokens}
+    card = evaluate.tune(translator, args.beams, args.length_penalties, args.data_dir, progress=show, **kw)
+    best = card["best"]
+    flags = f"--beam {best['beam']}" + ("" if best["length_penalty"] is None
+                                        else f" --length-penalty {best['length_penalty']:g}")
+    print(f"best on {card['source']}: {flags} (BLEU {best['bleu']:.2f}, {card['bleu_signature']}); "
+          f"grid: {card['card_path']}")
+    print(f"then: seq2seq evaluate {args.model} {flags}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from seq2seq.plot import learning_curves
     learning_curves([Path(d) for d in args.expdir], Path(args.output), args.x)
@@ -312,7 +350,7 @@ def cmd_average(args) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_translate,
-            "score": cmd_score, "evaluate": cmd_evaluate, "plot": cmd_plot,
+            "score": cmd_score, "evaluate": cmd_evaluate, "tune": cmd_tune, "plot": cmd_plot,
             "attention": cmd_attention, "average": cmd_average}
 
 

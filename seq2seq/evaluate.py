@@ -1,7 +1,8 @@
-"""sacreBLEU scoring and results cards.
+"""sacreBLEU scoring, results cards, and decoding settings tuned on validation.
 
 BLEU and chrF are always sacrebleu's, on detokenized text against the raw reference;
-every number travels with its signature.
+every number travels with its signature. `tune` only ever decodes the validation split,
+so the beam size and length penalty it picks have never seen a test set.
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ def evaluate_split(translator, split: str, data_dir: str | None = None, **decode
     if name not in split_names(cfg):
         raise Seq2SeqError(f"--split {split}: the recipe has splits {', '.join(sorted(split_names(cfg)))}")
     (src, ref), = split_files(cfg, data_dir, only=[name]).values()
-    ckpt = Path(translator.source)
-    expdir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return evaluate(translator, split, src, ref, expdir / "results", **decode)
+    return evaluate(translator, split, src, ref, _results_dir(translator), **decode)
+
+
+def _results_dir(translator) -> Path:
+    """EXPDIR/results of the (first) checkpoint translating."""
+    ckpt = Path(translator.source.split(" + ")[0])
+    return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "results"
 
 
 def hardware(device: torch.device) -> dict:
@@ -116,3 +121,40 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
     atomic_write_bytes(out_dir / f"{tag}.json", text)      # one card per decode setting ...
     atomic_write_bytes(out_dir / f"{split}.json", text)    # ... and the latest one under the split's name
     return {**card, "card_path": str(out_dir / f"{tag}.json")}
+
+
+def tune(translator, beams: list[int], penalties: list[float], data_dir: str | None = None,
+         progress=None, **decode) -> dict:
+    """Decode the recipe's validation split for every beam size x length penalty (greedy
+    once: the penalty does not apply to it); the best BLEU wins, ties go to the smaller beam.
+    The grid goes to EXPDIR/results/tune.valid.json."""
+    if not beams or not penalties:
+        raise Seq2SeqError("tune needs at least one beam size and one length penalty")
+    (src_path, ref_path), = split_files(translator.config, data_dir, only=["valid"]).values()
+    sources, refs = corpus.read_parallel(src_path, ref_path)
+    settings = [(b, None if b == 1 else lp) for b in sorted(set(beams)) for lp in
+                ([None] if b == 1 else sorted(set(penalties)))]
+    grid = []
+    for beam, lp in settings:
+        start = time.perf_counter()
+        hyps = translator.translate(sources, **{**decode, "beam": beam, "length_penalty": lp})
+        s = score(hyps, refs)
+        grid.append({"beam": beam, "length_penalty": lp, "bleu": s["bleu"], "chrf": s["chrf"],
+                     "sentences_per_second": round(len(sources) / (time.perf_counter() - start), 2)})
+        signature = s["bleu_signature"]
+        if progress:
+            progress(grid[-1])
+    best = max(grid, key=lambda r: (r["bleu"], r["chrf"], -r["beam"]))
+    card = {
+        "split": "valid", "source": Path(src_path).name, "reference": Path(ref_path).name,
+        "sentences": len(sources), "bleu_signature": signature,
+        "grid": grid, "best": best, "checkpoint": _portable(translator.source), "training": translator.training,
+        "decode": to_dict(translator.decode_config(**decode)),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
+        "torch_version": torch.__version__, "hardware": hardware(translator.device),
+    }
+    out = _results_dir(translator) / "tune.valid.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, (json.dumps(card, indent=2) + "\n").encode())
+    return {**card, "card_path": str(out)}

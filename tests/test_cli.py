@@ -24,7 +24,7 @@ from seq2seq.translate import Translator
 
 MODULE = [sys.executable, "-m", "seq2seq.cli"]
 CONSOLE = [str(Path(sys.executable).parent / "seq2seq")]
-SUBCOMMANDS = ["prepare", "train", "translate", "score", "evaluate"]
+SUBCOMMANDS = ["prepare", "train", "translate", "score", "evaluate", "tune"]
 
 
 def run(args: list[str], stdin: bytes = b"", cmd: list[str] = MODULE, cwd: Path | None = None):
@@ -295,6 +295,33 @@ def test_evaluate_writes_a_results_card(expdir_copy, reverse_model):
 def test_evaluate_unknown_split_lists_the_valid_ones(expdir_copy):
     rc, out, err = run(["evaluate", expdir_copy, "--split", "nope"], cmd=CONSOLE)
     assert_usage_error(rc, err, "nope", "test", "train", "valid")
+    assert not (expdir_copy / "results").exists()
+
+
+def test_tune_decodes_validation_only_and_picks_the_best_setting(expdir_copy, reverse_model, translator):
+    rc, out, err = run(["tune", expdir_copy, "--beams", "2", "1", "--length-penalties", "1.5", "0.5", "1.5"])
+    assert rc == 0, err
+    assert sorted(p.name for p in (expdir_copy / "results").iterdir()) == ["tune.valid.json"]  # no test split
+    card = json.loads((expdir_copy / "results" / "tune.valid.json").read_text())
+    assert card["source"] == "valid.src" and card["sentences"] == 100
+    assert [(r["beam"], r["length_penalty"]) for r in card["grid"]] == [(1, None), (2, 0.5), (2, 1.5)]
+    data = reverse_model.parent / "data"
+    sources, refs = (data / "valid.src").read_text().splitlines(), (data / "valid.tgt").read_text().splitlines()
+    hyps = translator.translate(sources, beam=2, length_penalty=1.5)
+    assert card["grid"][2]["bleu"] == round(sacrebleu.corpus_bleu(hyps, [refs]).score, 2)
+    best = max(card["grid"], key=lambda r: (r["bleu"], r["chrf"], -r["beam"]))
+    assert card["best"] == best
+    assert card["bleu_signature"].startswith("nrefs:1|") and card["checkpoint"] == "exp/checkpoints/best.pt"
+    flags = f"--beam {best['beam']}" + ("" if best["length_penalty"] is None else f" --length-penalty {best['length_penalty']:g}")
+    assert f"best on valid.src: {flags} " in out
+    assert len([line for line in output_lines(out) if re.match(r"\s+[12]\s", line)]) == 3  # one table row each
+
+
+@pytest.mark.parametrize("args, fragment", [(["--beams", "0"], "--beams"),
+                                            (["--length-penalties", "-1"], "--length-penalties")])
+def test_tune_rejects_a_bad_grid(expdir_copy, args, fragment):
+    rc, out, err = run(["tune", expdir_copy, *args])
+    assert_usage_error(rc, err, fragment)
     assert not (expdir_copy / "results").exists()
 
 
