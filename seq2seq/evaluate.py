@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Callable
 
 import sacrebleu
 import torch
@@ -124,10 +125,11 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
 
 
 def tune(translator, beams: list[int], penalties: list[float], data_dir: str | None = None,
-         progress=None, **decode) -> dict:
+         progress: Callable[[dict], None] | None = None, **decode) -> dict:
     """Decode the recipe's validation split for every beam size x length penalty (greedy
-    once: the penalty does not apply to it); the best BLEU wins, ties go to the smaller beam.
-    The grid goes to EXPDIR/results/tune.valid.json."""
+    once: the penalty does not apply to it). The best BLEU wins; ties go to the better chrF,
+    then the smaller beam. `progress` sees each grid row as it is scored. The grid goes to
+    EXPDIR/results/tune.valid.json."""
     if not beams or not penalties:
         raise Seq2SeqError("tune needs at least one beam size and one length penalty")
     (src_path, ref_path), = split_files(translator.config, data_dir, only=["valid"]).values()
