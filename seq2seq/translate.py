@@ -191,10 +191,15 @@ def _load_one(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenize
 
 
 def _training_of(payload: dict) -> dict:
-    """Steps, training minutes and best validation BLEU at the time the checkpoint was written
-    (averaged checkpoints say what they averaged instead)."""
+    """Steps, training minutes and best validation BLEU at the time the checkpoint was written.
+    An averaged checkpoint says what it averaged, and the steps and minutes of training behind
+    the newest of them."""
     if "averaged_from" in payload:
-        return {"averaged_from": [Path(p).name for p in payload["averaged_from"]]}
+        newest = max((p for p in payload.get("averaged_progress") or [] if p), key=lambda p: p.get("step", 0),
+                     default={})
+        return {"averaged_from": [Path(p).name for p in payload["averaged_from"]],
+                "steps": newest.get("step"),
+                "minutes": round(newest["elapsed"] / 60, 2) if "elapsed" in newest else None}
     p = payload.get("progress") or {}
     validated = p.get("best_step", 0) > 0  # else best_bleu is still its -1 placeholder
     return {"steps": p.get("step"), "minutes": round(p.get("elapsed", 0.0) / 60, 2),

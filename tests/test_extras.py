@@ -267,6 +267,11 @@ def test_results_card_training_fields_for_trained_averaged_and_unvalidated_check
     assert trained["steps"] >= trained["best_step"] > 0 and trained["best_valid_bleu"] > 0
     assert trained["minutes"] > 0
     steps = checkpoint.step_checkpoints(reverse_model)[-2:]
-    assert _training_of(checkpoint.average(steps)) == {"averaged_from": [p.name for p in steps]}
+    newest = checkpoint.load(steps[-1])["progress"]
+    assert _training_of(checkpoint.average(steps)) == {
+        "averaged_from": [p.name for p in steps], "steps": newest["step"],
+        "minutes": round(newest["elapsed"] / 60, 2)}
+    assert _training_of(checkpoint.average(steps[::-1]))["steps"] == newest["step"]  # the newest, not the last named
+    assert _training_of(checkpoint.average(steps))["minutes"] > 0
     fresh = {**best, "progress": {**best["progress"], "best_bleu": -1.0, "best_step": 0}}
     assert _training_of(fresh)["best_valid_bleu"] is None and _training_of(fresh)["best_step"] is None
