@@ -312,7 +312,8 @@ def test_tune_decodes_validation_only_and_picks_the_best_setting(expdir_copy, re
     best = max(card["grid"], key=lambda r: (r["bleu"], r["chrf"], -r["beam"]))
     assert card["best"] == best
     assert card["bleu_signature"].startswith("nrefs:1|") and card["checkpoint"] == "exp/checkpoints/best.pt"
-    flags = f"--beam {best['beam']}" + ("" if best["length_penalty"] is None else f" --length-penalty {best['length_penalty']:g}")
+    flags = f"--beam {best['beam']}" + ("" if best["length_penalty"] is None
+                                        else f" --length-penalty {best['length_penalty']:g}")
     assert f"best on valid.src: {flags} " in out
     assert len([line for line in output_lines(out) if re.match(r"\s+[12]\s", line)]) == 3  # one table row each
 

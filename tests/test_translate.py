@@ -68,7 +68,8 @@ def test_beam_one_equals_greedy(translator, src_ids):
     ids, lengths, mask = collate_src(src_ids)
     memory, state = model.encode(ids, lengths, mask)
     max_lens, min_lens = length_limits(lengths - 1, cfg)
-    start = _Rows(model.reorder(state, torch.arange(len(src_ids))), select_memory(memory, torch.arange(len(src_ids))), len(src_ids))
+    rows = torch.arange(len(src_ids))  # beam 1: row b is sentence b
+    start = _Rows(model.reorder(state, rows), select_memory(memory, rows), len(src_ids))
     beam = search.beam_search(lambda tok, st: _step(model, tok, st), lambda st, i: _reorder(model, st, i), start,
                               len(src_ids), 1, BOS, EOS, max_lens, min_lens, src_mask=mask)
 
