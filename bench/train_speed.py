@@ -2,18 +2,20 @@
 
     python bench/train_speed.py [--quick] [--recipe recipes/multi30k_de_en.toml] [--device cuda]
 
-(a) ours: `Seq2Seq.forward` as training runs it (gnmt feed: one fused RNN call per layer,
-    one batched attention product, output projection on real target positions only).
+(a) ours: `Seq2Seq.loss` as training runs it (gnmt feed: one fused RNN call per layer,
+    one batched attention product, output projection and loss fused, chunk by chunk, on real
+    target positions only: seq2seq/loss.py).
 (b) reference: the same weights run one target step at a time, with per-step attention
     and per-step output projection over the whole padded batch (what OpenNMT-py and
     Joey NMT do).
 Both do a full training step (forward, backward, Adam) on the same real Multi30K batches.
 The model is the recipe's with the shape of the issue's comparison table pinned (`ISSUE_SHAPE`:
 joint SentencePiece 8k, separate embeddings, untied output layer), so the numbers stay
-comparable when the recipe's vocabulary changes. Target tokens exclude padding. The model's floating-point operations per target token are
-counted from the layer sizes (see `flops_per_target_token`) and compared with this
-machine's float32 matrix-multiply throughput, measured in the same run with the same
-thread count (best of square products of size 1024 and 2048).
+comparable when the recipe's vocabulary changes. Target tokens exclude padding. The model's
+floating-point operations per target token are counted from the layer sizes (see
+`flops_per_target_token`) and compared with this machine's float32 matrix-multiply throughput,
+measured in the same run with the same thread count (best of square products of size 1024
+and 2048).
 
 Last line: train_speedup=<a/b> flop_utilization=<fraction> tok_per_s=<a>
 """
@@ -38,7 +40,7 @@ from seq2seq import config  # noqa: E402
 from seq2seq.batching import TokenBatchSampler, collate  # noqa: E402
 from seq2seq.model import build_model  # noqa: E402
 from seq2seq.prepare import prepare  # noqa: E402
-from seq2seq.train import loss_terms, make_optimizer  # noqa: E402
+from seq2seq.train import make_optimizer  # noqa: E402
 
 
 def matmul_flops(threads: int, device: torch.device) -> float:
@@ -82,8 +84,9 @@ def flops_per_target_token(cfg: config.Config, vocab: int, src_per_tgt: float, s
 
 
 def ours_step(model, batch):
-    logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_mask)  # (N, V)
-    return loss_terms(logits, batch.tgt_out[batch.tgt_mask], 0.1)[0] / batch.ntokens
+    loss, _ = model.loss(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out,
+                         batch.tgt_mask, 0.1)
+    return loss / batch.ntokens
 
 
 def reference_step(model, batch):
@@ -123,26 +126,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def common_arguments(description: str) -> argparse.ArgumentParser:
+    """The options this benchmark shares with bench/loss_speed.py."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--recipe", default=str(ROOT / "recipes/multi30k_de_en.toml"))
     ap.add_argument("--data-dir", default=None, help="Multi30K (default: $SEQ2SEQ_DATA_DIR, data/multi30k)")
     ap.add_argument("--work", default=str(ROOT / "bench/results/work"), help="prepared data cache")
     ap.add_argument("--quick", action="store_true", help="fewer steps (< 3 minutes on 2 CPU cores)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    args = ap.parse_args()
+    return ap
+
+
+def setup(args: argparse.Namespace, n_batches: int, device: torch.device):
+    """The issue-shaped model (seed 0), its optimizer and n_batches real training batches."""
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     cfg = config.load(args.recipe, ISSUE_SHAPE)
     prepared = prepare(cfg, Path(args.work) / Path(args.recipe).stem, args.data_dir, log=lambda *a: None)
-    vocab = len(prepared.tokenizers.tgt)
     torch.manual_seed(0)
-    model = build_model(cfg.model, len(prepared.tokenizers.src), vocab).to(device)
-    optimizer = make_optimizer(model, cfg)
+    model = build_model(cfg.model, len(prepared.tokenizers.src), len(prepared.tokenizers.tgt)).to(device)
     sampler = TokenBatchSampler(prepared.splits["train"].sizes(), cfg.train.batch_tokens, seed=1)
+    batches = [collate(prepared.splits["train"], sampler.next_batch()).to(device) for _ in range(n_batches)]
+    return cfg, model, make_optimizer(model, cfg), batches
+
+
+def main() -> None:
+    ap = common_arguments(__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = ap.parse_args()
+    device = torch.device(args.device)
     n_ours, n_ref, warmup = (12, 5, 2) if args.quick else (40, 15, 3)
-    batches = [collate(prepared.splits["train"], sampler.next_batch()).to(device) for _ in range(n_ours)]
+    cfg, model, optimizer, batches = setup(args, n_ours, device)
+    vocab = model.decoder.out.out_features
     src_tokens = sum(int(b.src_mask.sum()) for b in batches)
     tgt_tokens = sum(b.ntokens for b in batches)
     src_len = src_tokens / sum(b.src.size(0) for b in batches)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from seq2seq.attention import Attention
 from seq2seq.config import AttentionConfig, DecoderConfig
+from seq2seq.loss import linear_cross_entropy
 
 
 class DecoderState(NamedTuple):
@@ -88,7 +89,7 @@ class Decoder(nn.Module):
 
     def forward(self, tgt_in: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, Tensor]:
         """Teacher-forced: tgt_in (B, T) -> attentional vectors (B, T, H), attention (B, T, S).
-        `logits()` projects them; the caller may first drop padding positions."""
+        `logits()` projects them and `loss()` scores them; the caller first drops padding positions."""
         emb = self.dropout(self.embed(tgt_in))                            # (B, T, E)
         if self.cfg.attention_feed != "input_feed":
             o, _, attn = self._run(emb, state, memory)
@@ -104,6 +105,11 @@ class Decoder(nn.Module):
     def logits(self, o: Tensor) -> Tensor:
         """(..., H) -> (..., V)"""
         return self.out(self.dropout(o))
+
+    def loss(self, o: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+        """o (N, H), target (N,) -> (label-smoothed loss sum, NLL sum) of `logits(o)`,
+        computed chunk by chunk without the (N, V) logits (seq2seq.loss)."""
+        return linear_cross_entropy(self.dropout(o), self.out.weight, self.out.bias, target, smoothing)
 
     def step(self, tokens: Tensor, state: DecoderState, memory: Memory) -> tuple[Tensor, DecoderState, Tensor]:
         """One step: tokens (B,) -> logits (B, V), new state, attention (B, S)."""

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from seq2seq.config import ModelConfig
 from seq2seq.decoder import Decoder, DecoderState, Memory, reorder_state, select_memory
 from seq2seq.encoder import Encoder
+from seq2seq.loss import smoothed_cross_entropy
 from seq2seq.tokenizer import PAD
 
 
@@ -84,6 +85,18 @@ class Seq2Seq(nn.Module):
         o, _ = self.decoder(tgt_in, state, memory)                        # (B, T, H)
         return self.decoder.logits(o if tgt_mask is None else o[tgt_mask])
 
+    def loss(self, src: Tensor, src_lengths: Tensor, src_mask: Tensor, tgt_in: Tensor, tgt_out: Tensor,
+             tgt_mask: Tensor, smoothing: float, teacher_forcing: float = 1.0) -> tuple[Tensor, Tensor]:
+        """Training and validation: (label-smoothed loss sum, NLL sum) over the real target tokens.
+        Teacher forcing projects and scores the decoder's outputs chunk by chunk (seq2seq.loss)."""
+        target = tgt_out[tgt_mask]                                        # (N,)
+        if teacher_forcing < 1.0:
+            logits = self(src, src_lengths, src_mask, tgt_in, tgt_mask, teacher_forcing)  # (N, V)
+            return smoothed_cross_entropy(logits, target, smoothing)
+        memory, state = self.encode(src, src_lengths, src_mask)
+        o, _ = self.decoder(tgt_in, state, memory)                        # (B, T, H)
+        return self.decoder.loss(o[tgt_mask], target, smoothing)
+
     def _sampled(self, tgt_in: Tensor, state: DecoderState, memory: Memory, ratio: float) -> Tensor:
         """Each input token is the gold one with probability `ratio`, else the model's own
         greedy prediction from the previous step. -> logits (B, T, V)."""
@@ -108,6 +121,18 @@ class Seq2Seq(nn.Module):
     @staticmethod
     def select(memory: Memory, index: Tensor) -> Memory:
         return select_memory(memory, index)
+
+
+class Objective(nn.Module):
+    """`Seq2Seq.loss` as a module's forward: DistributedDataParallel syncs gradients through
+    the forward of the module it wraps, so training calls the loss through this."""
+
+    def __init__(self, model: Seq2Seq):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        return self.model.loss(*args, **kwargs)
 
 
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, init: bool = True) -> Seq2Seq:

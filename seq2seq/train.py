@@ -21,14 +21,13 @@ from pathlib import Path
 import sacrebleu
 import torch
 import torch.distributed as dist
-from torch import Tensor
 from tqdm import tqdm
 
 from seq2seq import checkpoint
 from seq2seq.batching import Batch, EncodedSplit, TokenBatchSampler, collate, eval_batches
 from seq2seq.config import Config, DecodeConfig, diff, dump_toml, from_dict, to_dict
 from seq2seq.errors import Seq2SeqError
-from seq2seq.model import Seq2Seq, build_model, summary
+from seq2seq.model import Objective, Seq2Seq, build_model, summary
 from seq2seq.prepare import Prepared, prepare
 from seq2seq.translate import decode_ids
 
@@ -123,27 +122,18 @@ def make_optimizer(model: Seq2Seq, cfg: Config) -> torch.optim.Optimizer:
 # ---------------------------------------------------------------- one step
 
 
-def loss_terms(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
-    """logits (N, V), target (N,) -> (label-smoothed loss sum, NLL sum)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(1, target[:, None]).squeeze(1)               # (N,)
-    smooth = -log_probs.mean(dim=-1)                                      # (N,)
-    return ((1.0 - smoothing) * nll + smoothing * smooth).sum(), nll.sum()
-
-
-def train_step(model, optimizer, batch: Batch, cfg: Config, lr: float, autocast) -> tuple[float, float, bool]:
+def train_step(objective, optimizer, batch: Batch, cfg: Config, lr: float, autocast) -> tuple[float, float, bool]:
     """Forward, backward, clip, update. Returns (loss per token, grad norm, finite)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast:
-        logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_mask,
-                       cfg.train.teacher_forcing)                          # (N, V)
-    loss, _ = loss_terms(logits, batch.tgt_out[batch.tgt_mask], cfg.train.label_smoothing)
+        loss, _ = objective(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out,
+                            batch.tgt_mask, cfg.train.label_smoothing, cfg.train.teacher_forcing)
     loss = loss / batch.ntokens
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = cfg.train.clip_norm if cfg.train.clip_norm > 0 else math.inf
-    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    norm = float(torch.nn.utils.clip_grad_norm_(objective.parameters(), max_norm))
     loss_value = loss.item()
     finite = math.isfinite(norm) and math.isfinite(loss_value)
     if finite:
@@ -162,8 +152,9 @@ def validate(model: Seq2Seq, split: EncodedSplit, prepared: Prepared, cfg: Confi
     nll_sum, tokens = 0.0, 0
     for indices in eval_batches(split.sizes(), cfg.train.batch_tokens):
         batch = collate(split, indices).to(device)
-        logits = model(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_mask)
-        nll_sum += float(loss_terms(logits, batch.tgt_out[batch.tgt_mask], 0.0)[1])
+        _, nll = model.loss(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out,
+                            batch.tgt_mask, 0.0)
+        nll_sum += float(nll)
         tokens += batch.ntokens
     dcfg = DecodeConfig(beam=cfg.train.valid_beam, length_penalty=cfg.decode.length_penalty,
                         max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b,
@@ -302,7 +293,7 @@ class Run:
     rank: int
     world: int
     model: Seq2Seq
-    ddp: torch.nn.Module          # the model, wrapped for DDP when world > 1
+    objective: Objective          # model.loss as a module, wrapped for DDP when world > 1
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     sampler: TokenBatchSampler
@@ -348,7 +339,7 @@ def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> R
     t = cfg.train
     model = build_model(cfg.model, len(prepared.tokenizers.src), len(prepared.tokenizers.tgt)).to(device)
     run = Run(cfg, expdir, prepared, device, rank, world, model,
-              torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model,
+              torch.nn.parallel.DistributedDataParallel(Objective(model)) if world > 1 else Objective(model),
               make_optimizer(model, cfg),
               LRSchedule(t.lr, t.schedule, t.warmup_steps, t.plateau_factor, t.plateau_patience, t.min_lr),
               TokenBatchSampler(prepared.splits["train"].sizes(), t.batch_tokens, t.seed, rank, world),
@@ -377,7 +368,7 @@ def _loop(run: Run, stop: StopRequest) -> None:
             raise Interrupted(stop.signum, run.expdir / "checkpoints" / "last.pt")
         batch = collate(train_split, run.sampler.next_batch()).to(run.device)
         lr = run.schedule.lr(p.step)
-        loss, norm, finite = train_step(run.ddp, run.optimizer, batch, run.cfg, lr, autocast)
+        loss, norm, finite = train_step(run.objective, run.optimizer, batch, run.cfg, lr, autocast)
         p.step += 1
         p.elapsed = time.monotonic() - started
         _account(run, loss, norm, finite)

@@ -19,6 +19,7 @@ from conftest import make_reverse_task
 from seq2seq import checkpoint, config
 from seq2seq import train as train_module
 from seq2seq.errors import Seq2SeqError
+from seq2seq.model import Seq2Seq
 from seq2seq.train import run
 from seq2seq.translate import Translator
 
@@ -205,18 +206,18 @@ def test_resume_without_checkpoint_is_refused(small_task, tmp_path):
 
 def nan_on_steps(monkeypatch, bad_steps):
     """Make the training loss NaN on the given (1-based) training steps; validation untouched."""
-    real = train_module.loss_terms
+    real = Seq2Seq.loss
     calls = {"n": 0}
 
-    def loss_terms(logits, target, smoothing):
-        loss, nll = real(logits, target, smoothing)
+    def loss(self, *args, **kwargs):
+        loss, nll = real(self, *args, **kwargs)
         if torch.is_grad_enabled():  # a training step, not validation
             calls["n"] += 1
             if calls["n"] in bad_steps:
                 loss = loss * float("nan")
         return loss, nll
 
-    monkeypatch.setattr(train_module, "loss_terms", loss_terms)
+    monkeypatch.setattr(Seq2Seq, "loss", loss)
 
 
 def test_non_finite_step_is_skipped_and_counted(small_task, tmp_path, monkeypatch):
