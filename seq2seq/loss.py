@@ -13,7 +13,7 @@ the bias (V,), all small. For 2,000 target tokens and 8k pieces the plain route 
 fresh 60 MB (N, V) buffer five or six times per step (logits, log-probs, their gradients);
 glibc maps each anew and the kernel faults it in page by page. The fused route works on 8 MB
 chunks that stay in cache and are reused. On our 2-core CPU whole training steps of the
-default model ran 1.08-1.16x faster; peak memory stayed the same (bench/loss_speed.py).
+default model ran 1.06-1.17x faster; peak memory stayed the same (bench/loss_speed.py).
 
 Shapes: N target tokens, H model size, V vocabulary, C rows per chunk.
 """
