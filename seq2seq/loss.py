@@ -43,16 +43,15 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, target:
     """
     inputs = (x, weight) if bias is None else (x, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        loss, nll = _LinearCrossEntropy.apply(x, weight, bias, target, smoothing)
-        return loss, nll
-    nll, smooth, _ = _chunks(x, weight, bias, target, grads=False)
-    return (1.0 - smoothing) * nll + smoothing * smooth, nll
+        return _LinearCrossEntropy.apply(x, weight, bias, target, smoothing)
+    loss, nll, _ = _chunks(x, weight, bias, target, smoothing, grads=False)
+    return loss, nll
 
 
-def _chunks(x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor,
+def _chunks(x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, smoothing: float,
             grads: bool) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
-    """-> NLL sum, sum of mean(-log p) over rows, and with `grads` the contributions of
-    D = p - onehot(y) to the gradients: D @ weight (N, H), D.T @ x (V, H), D summed over rows (V,)."""
+    """-> loss sum, NLL sum, and with `grads` the contributions of D = p - onehot(y) to the
+    gradients: D @ weight (N, H), D.T @ x (V, H), D summed over rows (V,)."""
     n, v = x.size(0), weight.size(0)
     with torch.autocast(x.device.type, enabled=False):
         w = weight.to(x.dtype)                                              # (V, H)
@@ -79,7 +78,7 @@ def _chunks(x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor,
                 dx[rows] = d.to(x.dtype) @ w
                 dw.addmm_(d.t(), x[rows].float())
                 db += d.sum(0)
-    return nll, smooth, ((dx, dw, db) if grads else None)
+    return (1.0 - smoothing) * nll + smoothing * smooth, nll, ((dx, dw, db) if grads else None)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -91,10 +90,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, target, smoothing):
-        nll, smooth, (dx, dw, db) = _chunks(x, weight, bias, target, grads=True)
+        loss, nll, (dx, dw, db) = _chunks(x, weight, bias, target, smoothing, grads=True)
         ctx.save_for_backward(x, weight, target, dx, dw, db)
         ctx.smoothing, ctx.has_bias = smoothing, bias is not None
-        return (1.0 - smoothing) * nll + smoothing * smooth, nll
+        return loss, nll
 
     @staticmethod
     def backward(ctx, g_loss, g_nll):

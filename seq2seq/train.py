@@ -293,7 +293,7 @@ class Run:
     rank: int
     world: int
     model: Seq2Seq
-    objective: Objective          # model.loss as a module, wrapped for DDP when world > 1
+    objective: torch.nn.Module    # Objective(model): model.loss as a module, wrapped for DDP when world > 1
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     sampler: TokenBatchSampler
