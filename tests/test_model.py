@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from seq2seq import checkpoint
+from seq2seq.attention import Attention
 from seq2seq.config import (AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig,
                             from_dict, to_dict)
 from seq2seq.errors import Seq2SeqError
@@ -186,6 +187,26 @@ def test_attention_weights_sum_to_one_over_real_tokens(attention, feed):
         _, attn = model.decoder(tgt_in, model.encode(src, src_lengths, src_mask)[1], memory)  # (B, T, S)
         torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:2]))
         assert torch.all(attn.masked_select(~src_mask[:, None, :]) == 0)
+
+
+def test_additive_attention_is_bahdanaus_formula():
+    """The sigmoid form in Attention gives softmax(v . tanh(W q + U k)) over real positions, and
+    its gradients; a dropped factor 2 (or constant kept on one side only) changes the weights."""
+    torch.manual_seed(0)
+    att = Attention("mlp", 6, 10, 8)
+    query = torch.randn(3, 4, 6, requires_grad=True)                   # (B, T, Hq)
+    memory = torch.randn(3, 5, 10, requires_grad=True)                 # (B, S, Hm)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] + [False] * 4])
+    context, weights = att(query, att.keys(memory), memory, mask)
+    scores = att.v(torch.tanh(att.query_proj(query)[:, :, None] + att.key_proj(memory)[:, None])).squeeze(-1)
+    expected = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), dim=-1)  # (B, T, S)
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(context, expected @ memory)
+    g = torch.randn_like(weights)
+    ours = torch.autograd.grad((weights * g).sum(), [query, memory, *att.parameters()])
+    reference = torch.autograd.grad((expected * g).sum(), [query, memory, *att.parameters()])
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b)
 
 
 # ---------------------------------------------------------------- residual connections
