@@ -7,8 +7,8 @@
 (b) plain: `Seq2Seq.forward` to the (N, V) logits of the real target positions, then
     `smoothed_cross_entropy` and autograd.
 The same model (bench/train_speed.py's issue shape: 8k joint vocabulary, untied output layer),
-the same Multi30K batches, forward + backward + Adam. The two alternate in rounds so that drift
-of the shared machine hits both alike; the ratio is of the rounds' totals. Each path's step
+the same Multi30K batches, forward + backward + Adam. The two take turns batch by batch so that
+drift of the shared machine hits both alike; the ratio is of their totals. Each path's step
 memory is the growth of peak resident memory over two steps, in a fresh subprocess.
 
 Last line: fused_loss_speedup=<a/b> fused_tok_per_s=<a> plain_tok_per_s=<b>
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from train_speed import common_arguments, measure, ours_step, setup  # noqa: E402
+from train_speed import alternate, common_arguments, ours_step, setup  # noqa: E402
 
 from seq2seq.loss import smoothed_cross_entropy  # noqa: E402
 
@@ -60,16 +60,13 @@ def main() -> None:
     steps = {"fused": ours_step, "plain": plain_step}
     if args.peak_of:
         before = _rss_gib()
-        measure(steps[args.peak_of], model, optimizer, batches[:2], 1, device)
+        alternate({args.peak_of: steps[args.peak_of]}, model, optimizer, batches[:2], 1, device)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20 - before)  # ru_maxrss is KiB
         return
     rounds = 3 if args.quick else 8
-    seconds = {"fused": 0.0, "plain": 0.0}
+    alternate(steps, model, optimizer, batches[:1], 1, device)  # warm-up
+    seconds = alternate(steps, model, optimizer, batches[1:], rounds, device)
     tokens = sum(b.ntokens for b in batches[1:])
-    for _ in range(rounds):
-        for name, step in steps.items():
-            tok_per_s, _ = measure(step, model, optimizer, batches, 1, device)  # first batch warms up
-            seconds[name] += tokens / tok_per_s
     fused, plain = rounds * tokens / seconds["fused"], rounds * tokens / seconds["plain"]
     peak = {name: peak_growth_gib(args, name) for name in steps}
     result = {"recipe": args.recipe, "threads": args.threads, "rounds": rounds,

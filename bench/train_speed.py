@@ -8,14 +8,15 @@
 (b) reference: the same weights run one target step at a time, with per-step attention
     and per-step output projection over the whole padded batch (what OpenNMT-py and
     Joey NMT do).
-Both do a full training step (forward, backward, Adam) on the same real Multi30K batches.
+Both do full training steps (forward, backward, clipping, Adam) on the same real Multi30K
+batches, taking turns batch by batch so that drift of the shared machine hits both alike.
 The model is the recipe's with the shape of the issue's comparison table pinned (`ISSUE_SHAPE`:
 joint SentencePiece 8k, separate embeddings, untied output layer), so the numbers stay
 comparable when the recipe's vocabulary changes. Target tokens exclude padding. The model's
 floating-point operations per target token are counted from the layer sizes (see
 `flops_per_target_token`) and compared with this machine's float32 matrix-multiply throughput,
-measured in the same run with the same thread count (best of square products of size 1024
-and 2048).
+measured in the same run with the same thread count (the best of square products of size 1024
+and 2048, before and after the training steps).
 
 Last line: train_speedup=<a/b> flop_utilization=<fraction> tok_per_s=<a>
 """
@@ -102,23 +103,29 @@ def reference_step(model, batch):
     return total / batch.ntokens
 
 
-def measure(step_fn, model, optimizer, batches, warmup: int, device) -> tuple[float, float]:
-    """Target tokens/s and seconds per step of full training steps."""
+def train_step(step_fn, model, optimizer, batch) -> None:
+    """One full training step: forward, backward, clipping, Adam."""
+    loss = step_fn(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+def alternate(paths: dict, model, optimizer, batches, rounds: int, device) -> dict[str, float]:
+    """Seconds each path spends on full training steps over `rounds` passes of the batches.
+    The paths take turns batch by batch, so drift of the shared machine hits them alike."""
     model.train()
-    for i, batch in enumerate(batches):
-        if i == warmup:
-            _sync(device)
-            start, tokens = time.perf_counter(), 0
-        loss = step_fn(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if i >= warmup:
-            tokens += batch.ntokens
-    _sync(device)
-    seconds = time.perf_counter() - start
-    return tokens / seconds, seconds / (len(batches) - warmup)
+    seconds = dict.fromkeys(paths, 0.0)
+    for _ in range(rounds):
+        for batch in batches:
+            for name, step_fn in paths.items():
+                _sync(device)
+                start = time.perf_counter()
+                train_step(step_fn, model, optimizer, batch)
+                _sync(device)
+                seconds[name] += time.perf_counter() - start
+    return seconds
 
 
 def _sync(device: torch.device) -> None:
@@ -154,33 +161,36 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     device = torch.device(args.device)
-    n_ours, n_ref, warmup = (12, 5, 2) if args.quick else (40, 15, 3)
-    cfg, model, optimizer, batches = setup(args, n_ours, device)
+    n_batches, rounds = (6, 2) if args.quick else (12, 3)
+    cfg, model, optimizer, batches = setup(args, n_batches, device)
     vocab = model.decoder.out.out_features
-    src_tokens = sum(int(b.src_mask.sum()) for b in batches)
     tgt_tokens = sum(b.ntokens for b in batches)
+    src_tokens = sum(int(b.src_mask.sum()) for b in batches)
     src_len = src_tokens / sum(b.src.size(0) for b in batches)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with autocast:
-        ours, ours_step_s = measure(ours_step, model, optimizer, batches, warmup, device)
-    rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # GiB (ru_maxrss is KiB)
-    gpu_mem = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
-    with autocast:
-        ref, ref_step_s = measure(reference_step, model, optimizer, batches[:n_ref + warmup], warmup, device)
     peak = matmul_flops(args.threads, device)
+    with autocast:
+        alternate({"ours": ours_step}, model, optimizer, batches, 1, device)  # warm-up, and our peak memory
+        rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # GiB (ru_maxrss is KiB)
+        gpu_mem = torch.cuda.max_memory_allocated() / 2 ** 30 if device.type == "cuda" else None
+        alternate({"reference": reference_step}, model, optimizer, batches[:1], 1, device)  # warm-up
+        seconds = alternate({"ours": ours_step, "reference": reference_step}, model, optimizer, batches, rounds, device)
+    peak = max(peak, matmul_flops(args.threads, device))  # best of before and after
+    steps = rounds * len(batches)
+    ours, ref = rounds * tgt_tokens / seconds["ours"], rounds * tgt_tokens / seconds["reference"]
     flops = flops_per_target_token(cfg, vocab, src_tokens / tgt_tokens, src_len)
     result = {
-        "recipe": args.recipe, "device": args.device, "threads": args.threads,
-        "batch_tokens": cfg.train.batch_tokens, "mean_target_tokens_per_batch": tgt_tokens / len(batches),
-        "ours_tok_per_s": ours, "ours_s_per_step": ours_step_s,
-        "reference_tok_per_s": ref, "reference_s_per_step": ref_step_s,
+        "recipe": args.recipe, "device": args.device, "threads": args.threads, "batches": len(batches),
+        "rounds": rounds, "batch_tokens": cfg.train.batch_tokens, "mean_target_tokens_per_batch": tgt_tokens / len(batches),
+        "ours_tok_per_s": ours, "ours_s_per_step": seconds["ours"] / steps,
+        "reference_tok_per_s": ref, "reference_s_per_step": seconds["reference"] / steps,
         "train_speedup": ours / ref, "flops_per_target_token": flops,
         "achieved_flop_per_s": flops * ours, "matmul_flop_per_s": peak,
         "flop_utilization": flops * ours / peak, "peak_rss_gib_training": rss_ours, "gpu_max_allocated_gib": gpu_mem,
     }
     print(f"{'path':<12}{'tok/s':>10}{'s/step':>9}")
-    print(f"{'ours':<12}{ours:>10,.0f}{ours_step_s:>9.3f}")
-    print(f"{'reference':<12}{ref:>10,.0f}{ref_step_s:>9.3f}")
+    print(f"{'ours':<12}{ours:>10,.0f}{result['ours_s_per_step']:>9.3f}")
+    print(f"{'reference':<12}{ref:>10,.0f}{result['reference_s_per_step']:>9.3f}")
     print(f"model: {flops / 1e6:.1f} MFLOP per target token (fwd+bwd); achieved {flops * ours / 1e9:.1f} GFLOP/s; "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s; peak RSS while training {rss_ours:.2f} GiB"
           + (f"; GPU memory {gpu_mem:.2f} GiB" if gpu_mem is not None else ""))
