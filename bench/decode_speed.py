@@ -13,7 +13,6 @@ Last line: beam5_batched_speedup=<ratio> greedy_batched_speedup=<ratio> beam5_se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -27,6 +26,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from train_speed import save_result  # noqa: E402
 
 from seq2seq import corpus  # noqa: E402
 from seq2seq.prepare import split_files  # noqa: E402
@@ -104,9 +106,7 @@ def main() -> None:
               f"{r['batched'] / r['single']:>9.1f}")
     print(f"`seq2seq translate --beam 5` on {len(src)} sentences: {seconds:.1f} s "
           f"({len(src) / seconds:.1f} sent/s, start-up + model load {startup:.2f} s, peak RSS {rss:.2f} GiB)")
-    out = ROOT / "bench/results/decode_speed.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result("decode_speed", result)
     print(f"beam5_batched_speedup={result['beam5_batched_speedup']:.2f} "
           f"greedy_batched_speedup={result['greedy_batched_speedup']:.2f} "
           f"beam5_sents_per_s={result['translate_command_sents_per_s']:.1f}")

@@ -17,7 +17,6 @@ Last line: fused_loss_speedup=<a/b> fused_tok_per_s=<a> plain_tok_per_s=<b>
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import subprocess
 import sys
@@ -29,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from train_speed import alternate, common_arguments, ours_step, setup  # noqa: E402
+from train_speed import alternate, common_arguments, ours_step, save_result, setup  # noqa: E402
 
 from seq2seq.loss import smoothed_cross_entropy  # noqa: E402
 
@@ -76,9 +75,7 @@ def main() -> None:
     print(f"{'loss':<8}{'tok/s':>10}{'step peak memory GiB':>22}")
     print(f"{'fused':<8}{fused:>10,.0f}{peak['fused']:>22.2f}")
     print(f"{'plain':<8}{plain:>10,.0f}{peak['plain']:>22.2f}")
-    out = ROOT / "bench/results/loss_speed.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result("loss_speed", result)
     print(f"fused_loss_speedup={fused / plain:.2f} fused_tok_per_s={fused:.0f} plain_tok_per_s={plain:.0f}")
 
 

@@ -133,6 +133,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def save_result(name: str, result: dict) -> None:
+    """Write a benchmark's result to bench/results/<name>.json (the folder git ignores)."""
+    out = ROOT / "bench/results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def common_arguments(description: str) -> argparse.ArgumentParser:
     """The options this benchmark shares with bench/loss_speed.py."""
     ap = argparse.ArgumentParser(description=description)
@@ -194,9 +201,7 @@ def main() -> None:
     print(f"model: {flops / 1e6:.1f} MFLOP per target token (fwd+bwd); achieved {flops * ours / 1e9:.1f} GFLOP/s; "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s; peak RSS while training {rss_ours:.2f} GiB"
           + (f"; GPU memory {gpu_mem:.2f} GiB" if gpu_mem is not None else ""))
-    out = ROOT / "bench/results" / f"train_speed{'_cuda' if device.type == 'cuda' else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save_result(f"train_speed{'_cuda' if device.type == 'cuda' else ''}", result)
     print(f"train_speedup={ours / ref:.2f} flop_utilization={flops * ours / peak:.2f} tok_per_s={ours:.0f}")
 
 

@@ -33,8 +33,8 @@ class Attention(nn.Module):
         """query (B, T, Hq), keys (B, S, A), memory (B, S, Hm), mask (B, S) True at real tokens
         -> context (B, T, Hm), weights (B, T, S) summing to 1 over real source positions."""
         if self.kind == "mlp":
-            # v.tanh(u) = 2 v.sigmoid(2u) - sum(v), and softmax ignores the constant: the same weights
-            # as Bahdanau's scores, with torch's sigmoid kernel, 3.5x faster than its tanh on our CPU.
+            # v.tanh(u) = 2 v.sigmoid(2u) - sum(v), and softmax ignores the constant: Bahdanau's weights,
+            # but torch's sigmoid kernel is much faster than its tanh (bench/kernel_speed.py).
             u = self.query_proj(query)[:, :, None, :] + keys[:, None, :, :]    # (B, T, S, A)
             scores = 2 * self.v(u.mul_(2).sigmoid_()).squeeze(-1)               # (B, T, S)
         else:
