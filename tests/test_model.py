@@ -190,8 +190,8 @@ def test_attention_weights_sum_to_one_over_real_tokens(attention, feed):
 
 
 def test_additive_attention_is_bahdanaus_formula():
-    """The sigmoid form in Attention gives softmax(v . tanh(W q + U k)) over real positions, and
-    its gradients; a dropped factor 2 (or constant kept on one side only) changes the weights."""
+    """Attention's sigmoid form gives the weights softmax(v . tanh(W q + U k)) over real positions,
+    and their gradients (either factor 2 dropped, the weights change)."""
     torch.manual_seed(0)
     att = Attention("mlp", 6, 10, 8)
     query = torch.randn(3, 4, 6, requires_grad=True)                   # (B, T, Hq)
