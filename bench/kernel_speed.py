@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,7 +35,8 @@ from seq2seq.model import build_model  # noqa: E402
 
 
 def textbook(att: Attention, query, keys, memory, mask):
-    """Bahdanau's additive attention written out: softmax(v . tanh(W q + k)) over real positions."""
+    """Bahdanau's additive attention written out: softmax(v . tanh(W q + k)) over real positions,
+    with keys = U memory (not `Attention.keys`, which are doubled for its sigmoid form)."""
     scores = att.v(torch.tanh(att.query_proj(query)[:, :, None, :] + keys[:, None, :, :])).squeeze(-1)
     weights = torch.softmax(scores.masked_fill(~mask[:, None, :], float("-inf")), dim=-1)  # (B, T, S)
     return torch.bmm(weights, memory), weights
@@ -73,15 +75,14 @@ def attention(cfg: config.Config, rounds: int) -> dict[str, float]:
         memory = torch.randn(rows, src, cfg.model.encoder.hidden, requires_grad=shape == "train")
         mask = torch.arange(src)[None, :] < torch.randint(src // 2, src + 1, (rows, 1))  # (B, S)
 
-        keys = att.keys(memory).detach()  # decoding computes the keys once per sentence
-
-        def run(forward):
+        def run(forward, key_fn):
             if shape == "decode":
+                keys = key_fn(memory).detach()  # decoding computes them once per sentence
                 return torch.no_grad()(lambda: forward(query, keys, memory, mask))
-            return lambda: sum(t.sum() for t in forward(query, att.keys(memory), memory, mask)).backward()
+            return lambda: sum(t.sum() for t in forward(query, key_fn(memory), memory, mask)).backward()
 
-        timed = take_turns({"ours": run(att), "textbook": run(lambda *x: textbook(att, *x))}, rounds,
-                           20 if shape == "decode" else 3)
+        timed = take_turns({"ours": run(att, att.keys), "textbook": run(partial(textbook, att), att.key_proj)},
+                           rounds, 20 if shape == "decode" else 3)
         out.update({f"{shape}_{name}": s for name, s in timed.items()})
     return out
 

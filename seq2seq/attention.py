@@ -26,8 +26,11 @@ class Attention(nn.Module):
             raise ValueError(f"unknown attention type {kind!r}")
 
     def keys(self, memory: Tensor) -> Tensor:
-        """(B, S, Hm) -> (B, S, A): the memory-side projection, computed once per source."""
-        return memory if self.kind == "dot" else self.key_proj(memory)
+        """(B, S, Hm) -> (B, S, A): the memory-side projection, computed once per source
+        (doubled for "mlp", which scores with sigmoid(2u): see forward)."""
+        if self.kind == "dot":
+            return memory
+        return 2 * self.key_proj(memory) if self.kind == "mlp" else self.key_proj(memory)
 
     def forward(self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """query (B, T, Hq), keys (B, S, A), memory (B, S, Hm), mask (B, S) True at real tokens
@@ -35,8 +38,8 @@ class Attention(nn.Module):
         if self.kind == "mlp":
             # v.tanh(u) = 2 v.sigmoid(2u) - sum(v), and softmax ignores the constant: Bahdanau's weights,
             # but torch's sigmoid kernel is much faster than its tanh (bench/kernel_speed.py).
-            u = self.query_proj(query)[:, :, None, :] + keys[:, None, :, :]    # (B, T, S, A)
-            scores = 2 * self.v(u.mul_(2).sigmoid_()).squeeze(-1)               # (B, T, S)
+            u2 = (2 * self.query_proj(query))[:, :, None, :] + keys[:, None, :, :]  # (B, T, S, A) 2u
+            scores = 2 * self.v(u2.sigmoid_()).squeeze(-1)                          # (B, T, S)
         else:
             scores = torch.bmm(query, keys.transpose(1, 2))                     # (B, T, S)
         scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
