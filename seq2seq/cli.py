@@ -7,12 +7,9 @@ Exit status: 0 on success, 2 on bad usage or input (one line `error: ...` on std
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import select
 import sys
-import zlib
 from pathlib import Path
 
 from seq2seq import __version__
@@ -22,6 +19,14 @@ from seq2seq.errors import Seq2SeqError
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, as for every other user error
         raise Seq2SeqError(f"{self.prog}: {message}")
+
+
+def positive_int(text: str) -> int:
+    """argparse type of the options that only the CLI has (--buffer-lines, --last)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def build_parser() -> Parser:
@@ -51,7 +56,7 @@ def build_parser() -> Parser:
     s.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict",
                    help="invalid UTF-8 input: stop with an error naming the line, or replace")
     s.add_argument("--attention-dir", help="also write one attention map (PNG) per input line here")
-    s.add_argument("--buffer-lines", type=int, default=2000,
+    s.add_argument("--buffer-lines", type=positive_int, default=2000,
                    help="translate at most this many lines at once (input that pauses is translated at once)")
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
@@ -95,7 +100,7 @@ def build_parser() -> Parser:
 
     s = sub.add_parser("average", help="average the weights of several checkpoints")
     s.add_argument("inputs", nargs="+", help="checkpoint files, or one experiment directory with --last")
-    s.add_argument("--last", type=int, help="average the newest N step checkpoints of the experiment directory")
+    s.add_argument("--last", type=positive_int, help="average the newest N step checkpoints of the experiment directory")
     s.add_argument("-o", "--output", required=True)
     return p
 
@@ -110,16 +115,17 @@ def _decode_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--no-repeat-ngram", type=int)
 
 
+def _option(name: str) -> str:
+    """How messages name a decode setting given on the command line."""
+    return f"--{name.replace('_', '-')} (decode.{name})"
+
+
 def _decode_kwargs(args) -> dict:
-    kw = {"beam": args.beam, "length_penalty": args.length_penalty, "coverage_penalty": args.coverage_penalty,
-          "batch_tokens": args.batch_tokens, "max_len_a": args.max_len_a, "max_len_b": args.max_len_b,
-          "no_repeat_ngram": args.no_repeat_ngram, "nbest": getattr(args, "nbest", None)}
-    if getattr(args, "buffer_lines", 1) < 1:
-        raise Seq2SeqError(f"--buffer-lines must be >= 1, got {args.buffer_lines}")
-    for key in ("beam", "batch_tokens", "nbest"):
-        if kw[key] is not None and kw[key] < 1:
-            raise Seq2SeqError(f"--{key.replace('_', '-')} must be >= 1, got {kw[key]}")
-    return {k: v for k, v in kw.items() if v is not None}
+    """The decode options given, range-checked by config before any model is loaded."""
+    from seq2seq.config import check_decode
+    names = ("beam", "length_penalty", "coverage_penalty", "batch_tokens", "max_len_a", "max_len_b",
+             "no_repeat_ngram", "nbest")
+    return check_decode({name: getattr(args, name, None) for name in names}, key=_option)
 
 
 def _expdir(args) -> Path:
@@ -151,17 +157,12 @@ def cmd_train(args) -> int:
 
 
 def cmd_translate(args) -> int:
+    from seq2seq import corpus
     from seq2seq.translate import Translator
     decode = _decode_kwargs(args)
     translator = Translator.load(args.model, args.device)
     translator.decode_config(**decode)  # validate before reading input
-    try:
-        if not args.input:
-            src = sys.stdin.buffer
-        else:
-            src = gzip.open(args.input, "rb") if args.input.endswith(".gz") else open(args.input, "rb")
-    except OSError as e:
-        raise Seq2SeqError(f"{args.input}: cannot read ({e.strerror})") from None
+    src = corpus.open_binary(args.input) if args.input else sys.stdin.buffer
     if args.attention_dir:
         from seq2seq.plot import require_matplotlib
         require_matplotlib()  # before any output is written
@@ -173,9 +174,10 @@ def cmd_translate(args) -> int:
             src.close()
         raise Seq2SeqError(f"{args.output}: cannot write ({e.strerror})") from None
     name, number = args.input or "<stdin>", 0
+    hint = "; use --encoding-errors replace to go on" if args.encoding_errors == "strict" else ""
     try:
         with src:
-            for lines in _read_chunks(src, args.buffer_lines, name, args.encoding_errors):
+            for lines in corpus.read_line_chunks(src, args.buffer_lines, name, args.encoding_errors, hint):
                 _write_translations(out, translator, lines, number, args, decode)
                 out.flush()
                 number += len(lines)
@@ -209,56 +211,14 @@ def _write_translations(out, translator, lines: list[str], first: int, args, dec
             attention_map(t.attention.numpy(), t.src_tokens + ["</s>"], t.tokens + ["</s>"], maps / f"{first + i}.png")
 
 
-def _read_chunks(f, max_lines: int, name: str, errors: str):
-    """Yield lists of input lines: up to `max_lines` at a time, or whatever has arrived as
-    soon as the input pauses, so that a pipe fed line by line gets each answer at once.
-    Lines split on b'\\n' only, one trailing '\\r' stripped, decoded as UTF-8."""
-    pending, lines, number = bytearray(), [], 0
-    pipe = None if isinstance(f, gzip.GzipFile) else f.fileno()  # a .gz file never pauses
-
-    def decode(raw: bytes) -> str:
-        nonlocal number
-        number += 1
-        raw = raw[:-1] if raw.endswith(b"\r") else raw
-        try:
-            return raw.decode("utf-8", errors=errors)
-        except UnicodeDecodeError as e:
-            raise Seq2SeqError(f"{name}:{number}: invalid UTF-8 at byte {e.start} "
-                               "(use --encoding-errors replace to go on)") from None
-
-    while True:
-        try:
-            data = f.read1(1 << 16)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-            raise Seq2SeqError(f"{name}: not a valid gzip file ({e})") from None
-        if b"\n" in data:  # split only when a line ended: linear even for one enormous line
-            pending += data
-            end = pending.rfind(b"\n")
-            lines.extend(decode(bytes(raw)) for raw in pending[:end].split(b"\n"))
-            del pending[:end + 1]
-        else:
-            pending += data
-        if not data and pending:  # a last line without a newline
-            lines.append(decode(bytes(pending)))
-            pending.clear()
-        while len(lines) >= max_lines:
-            yield lines[:max_lines]
-            lines = lines[max_lines:]
-        if lines and (not data or (pipe is not None and not select.select([pipe], [], [], 0)[0])):
-            yield lines
-            lines = []
-        if not data:
-            return
-
-
 def cmd_score(args) -> int:
-    from seq2seq import corpus, evaluate
+    from seq2seq import corpus, scoring  # no torch: scoring starts in a fraction of a second
     if args.hyp:
         hyps, name = corpus.read_lines(args.hyp), args.hyp
     else:
         hyps, name = corpus.split_lines(sys.stdin.buffer.read(), "<stdin>"), "<stdin>"
-    scores = evaluate.score_files(args.ref, hyps, name, lowercase=args.lowercase, tokenize=args.tokenize)
-    print(json.dumps(scores, indent=2) if args.json else evaluate.format_scores(scores))
+    scores = scoring.score_files(args.ref, hyps, name, lowercase=args.lowercase, tokenize=args.tokenize)
+    print(json.dumps(scores, indent=2) if args.json else scoring.format_scores(scores))
     return 0
 
 
@@ -277,13 +237,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_tune(args) -> int:
     from seq2seq import evaluate
+    from seq2seq.config import check_decode
     from seq2seq.translate import Translator
-    if min(args.beams) < 1:
-        raise Seq2SeqError(f"--beams must be >= 1, got {min(args.beams)}")
-    if min(args.length_penalties) < 0:
-        raise Seq2SeqError(f"--length-penalties must be >= 0, got {min(args.length_penalties)}")
-    if args.batch_tokens is not None and args.batch_tokens < 1:
-        raise Seq2SeqError(f"--batch-tokens must be >= 1, got {args.batch_tokens}")
+    grid_options = {"beam": "--beams (decode.beam)", "length_penalty": "--length-penalties (decode.length_penalty)"}
+    check_decode({"beam": args.beams, "length_penalty": args.length_penalties, "batch_tokens": args.batch_tokens},
+                 key=lambda name: grid_options.get(name) or _option(name))
     translator = Translator.load(args.model, args.device)
     print(f"{'beam':>4} {'length penalty':>14} {'BLEU':>6} {'chrF':>6} {'sent/s':>7}")
 
@@ -337,8 +295,6 @@ def cmd_average(args) -> int:
     if args.last is not None:
         if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
             raise Seq2SeqError("--last N takes exactly one experiment directory")
-        if args.last < 1:
-            raise Seq2SeqError(f"--last must be >= 1, got {args.last}")
         paths = checkpoint.step_checkpoints(Path(args.inputs[0]))[-args.last:]
         if len(paths) < args.last:
             raise Seq2SeqError(f"{args.inputs[0]}: only {len(paths)} step checkpoints kept, asked for {args.last}")

@@ -15,7 +15,7 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from seq2seq.errors import Seq2SeqError
 
@@ -61,7 +61,7 @@ class EncoderConfig:
     embedding: int = _opt(256, ge=1)
     bidirectional: bool = _opt(True)
     dropout: float = _opt(0.2, ge=0.0, le=0.9)
-    residual: bool = _opt(False, help="add each layer's input to its output from layer 2 on")
+    residual: bool = _opt(False, help="add each layer's input (before dropout) to its output from layer 2 on")
 
 
 @dataclass(frozen=True)
@@ -226,16 +226,33 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 def check_ranges(obj: Any, prefix: str) -> None:
     """Range/choice checks of one section, e.g. a DecodeConfig changed by command-line options."""
     for f in dataclasses.fields(obj):
-        v, m = getattr(obj, f.name), f.metadata
-        key = prefix + f.name
-        if m.get("choices") and v not in m["choices"]:
-            raise Seq2SeqError(f"{key} must be one of {', '.join(map(str, m['choices']))}; got {v!r}")
-        if m.get("ge") is not None and v < m["ge"]:
-            raise Seq2SeqError(f"{key} must be >= {m['ge']}, got {v}")
-        if m.get("gt") is not None and v <= m["gt"]:
-            raise Seq2SeqError(f"{key} must be > {m['gt']}, got {v}")
-        if m.get("le") is not None and v > m["le"]:
-            raise Seq2SeqError(f"{key} must be <= {m['le']}, got {v}")
+        _check_value(f, getattr(obj, f.name), prefix + f.name)
+
+
+def check_decode(settings: dict[str, Any], key: Callable[[str], str] = "decode.{}".format) -> dict[str, Any]:
+    """Range-check decode settings by field name before any model is loaded; a value may be a
+    list (a grid to try) and None means "not given". `key` names a field in messages (e.g. the
+    command-line option). Returns the settings that were given."""
+    fields = {f.name: f for f in dataclasses.fields(DecodeConfig)}
+    given = {name: v for name, v in settings.items() if v is not None}
+    for name, value in given.items():
+        if name not in fields:
+            raise Seq2SeqError(f"unknown decode setting {name!r}")
+        for v in value if isinstance(value, list) else [value]:
+            _check_value(fields[name], v, key(name))
+    return given
+
+
+def _check_value(f: dataclasses.Field, v: Any, key: str) -> None:
+    m = f.metadata
+    if m.get("choices") and v not in m["choices"]:
+        raise Seq2SeqError(f"{key} must be one of {', '.join(map(str, m['choices']))}; got {v!r}")
+    if m.get("ge") is not None and v < m["ge"]:
+        raise Seq2SeqError(f"{key} must be >= {m['ge']}, got {v}")
+    if m.get("gt") is not None and v <= m["gt"]:
+        raise Seq2SeqError(f"{key} must be > {m['gt']}, got {v}")
+    if m.get("le") is not None and v > m["le"]:
+        raise Seq2SeqError(f"{key} must be <= {m['le']}, got {v}")
 
 
 def check_consistency(cfg: Config) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import gzip
 import http.client
 import os
+import select
 import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from tqdm import tqdm
 
@@ -50,7 +51,7 @@ def read_lines(path: str | Path) -> list[str]:
 
 
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
-    """Read a source/target file pair, refusing pairs whose line counts differ.
+    """Read a source/target file pair, refusing empty pairs and pairs whose line counts differ.
 
     A count mismatch means the sentence pairing is wrong everywhere after the first
     missing line, so it must stop training rather than be truncated away.
@@ -60,6 +61,8 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
         raise Seq2SeqError(
             f"line counts differ: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)}"
         )
+    if not src:  # nothing to train on, validate or score: say so now, not steps later
+        raise Seq2SeqError(f"{src_path} and {tgt_path} are empty (no lines)")
     return src, tgt
 
 
@@ -78,13 +81,15 @@ def _read_bytes(path: Path) -> bytes:
         raise Seq2SeqError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def split_lines(data: bytes, name: str) -> list[str]:
-    """Decode strict UTF-8 and split on "\\n"; `name` is what error messages call the source."""
+def split_lines(data: bytes, name: str, first_line: int = 1, errors: str = "strict") -> list[str]:
+    """Decode UTF-8 and split on "\\n"; `name` is what error messages call the source, and
+    `first_line` the number of data's first line in it. errors="replace" replaces invalid bytes
+    instead of stopping at them."""
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as exc:
         line_start = data.rfind(b"\n", 0, exc.start) + 1
-        line_no = data.count(b"\n", 0, exc.start) + 1
+        line_no = data.count(b"\n", 0, exc.start) + first_line
         column = exc.start - line_start + 1
         raise Seq2SeqError(
             f"{name}:{line_no}: invalid UTF-8 (byte 0x{data[exc.start]:02x} at column {column})"
@@ -93,6 +98,57 @@ def split_lines(data: bytes, name: str) -> list[str]:
     if lines[-1] == "":  # the final newline ends the last line; it does not start a new one
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def open_binary(path: str | Path) -> BinaryIO:
+    """Open a file for reading bytes, decompressing `.gz`; failures are one-line errors."""
+    try:
+        return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
+    except FileNotFoundError:
+        raise Seq2SeqError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise Seq2SeqError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def read_line_chunks(f: BinaryIO, max_lines: int, name: str, errors: str = "strict",
+                     hint: str = "") -> Iterator[list[str]]:
+    """Yield the lines of a byte stream in lists of up to `max_lines`, or whatever has arrived
+    as soon as the input pauses, so that a pipe fed line by line gets each answer at once.
+    The lines are those `split_lines` makes of the whole stream; `hint` ends error messages."""
+    if max_lines < 1:
+        raise Seq2SeqError(f"lines per chunk must be >= 1, got {max_lines}")
+    pending, lines, number = bytearray(), [], 1  # number: the line that pending starts with
+    pipe = None if isinstance(f, gzip.GzipFile) else f.fileno()  # a .gz file never pauses
+
+    def split(raw: bytes) -> list[str]:
+        try:
+            return split_lines(raw, name, number, errors)
+        except Seq2SeqError as exc:
+            raise Seq2SeqError(f"{exc}{hint}") from None
+
+    while True:
+        try:
+            data = f.read1(_CHUNK_BYTES)
+        except _GZIP_ERRORS as exc:
+            raise Seq2SeqError(f"{name}: not a valid gzip file ({exc})") from None
+        pending += data
+        if b"\n" in data:  # split only when a line ended: linear even for one enormous line
+            end = pending.rfind(b"\n") + 1
+            complete = split(bytes(pending[:end]))
+            lines += complete
+            number += len(complete)
+            del pending[:end]
+        if not data and pending:  # a last line without a newline
+            lines += split(bytes(pending))
+            pending.clear()
+        while len(lines) >= max_lines:
+            yield lines[:max_lines]
+            lines = lines[max_lines:]
+        if lines and (not data or (pipe is not None and not select.select([pipe], [], [], 0)[0])):
+            yield lines
+            lines = []
+        if not data:
+            return
 
 
 # ---------------------------------------------------------------------------- Multi30K

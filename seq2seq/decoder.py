@@ -14,7 +14,8 @@ attention_feed:
 The attentional vector o = tanh(W [top; context]) feeds the vocabulary projection.
 
 residual:
-  gnmt   layer l >= residual_from (1-based) adds its input to its output.
+  gnmt   layer l >= residual_from (1-based) adds its input to its output; dropout sits on the
+         branch into the layer, the residual adds the clean input (GNMT; the encoder does the same).
   dense  each layer's input is the sum of all lower layers' outputs (Britz et al.'s ResD);
          the stack's output is the sum of all layers' outputs.
   none   plain stack.

@@ -40,7 +40,8 @@ class Encoder(nn.Module):
         for i, rnn in enumerate(self.layers):
             layer_in = self.dropout(data) if i > 0 else data
             out, state = rnn(packed._replace(data=layer_in))
-            data = out.data + layer_in if (self.cfg.residual and i > 0) else out.data
+            # the residual adds the clean input, as the decoder's does (GNMT): dropout is on the branch
+            data = out.data + data if (self.cfg.residual and i > 0) else out.data
             h, c = state if isinstance(state, tuple) else (state, None)  # (directions, B, H/dirs)
             finals_h.append(_join_directions(h))
             if c is not None:

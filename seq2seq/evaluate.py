@@ -17,36 +17,13 @@ from typing import Callable
 
 import sacrebleu
 import torch
-from sacrebleu.metrics import BLEU, CHRF
 
 from seq2seq import __version__, corpus
 from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import to_dict
 from seq2seq.errors import Seq2SeqError
 from seq2seq.prepare import split_files, split_names
-
-
-def score(hyps: list[str], refs: list[str], lowercase: bool = False, tokenize: str | None = None) -> dict:
-    """Corpus BLEU and chrF with their signatures (sacrebleu's defaults unless asked)."""
-    if len(hyps) != len(refs):
-        raise Seq2SeqError(f"hypotheses have {len(hyps)} lines but references have {len(refs)}")
-    bleu = BLEU(lowercase=lowercase, **({"tokenize": tokenize} if tokenize else {}))
-    chrf = CHRF(lowercase=lowercase)
-    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
-    return {"bleu": round(b.score, 2), "bleu_text": str(b), "bleu_signature": str(bleu.get_signature()),
-            "chrf": round(c.score, 2), "chrf_text": str(c), "chrf_signature": str(chrf.get_signature()),
-            "sentences": len(hyps)}
-
-
-def score_files(ref: str | Path, hyp_lines: list[str], hyp_name: str, **kwargs) -> dict:
-    refs = corpus.read_lines(ref)
-    if len(refs) != len(hyp_lines):
-        raise Seq2SeqError(f"line counts differ: {hyp_name} has {len(hyp_lines)} lines, {ref} has {len(refs)}")
-    return score(hyp_lines, refs, **kwargs)
-
-
-def format_scores(s: dict) -> str:
-    return f"BLEU = {s['bleu']:.2f}  ({s['bleu_signature']})\nchrF = {s['chrf']:.2f}  ({s['chrf_signature']})"
+from seq2seq.scoring import score
 
 
 def evaluate_split(translator, split: str, data_dir: str | None = None, **decode) -> dict:
@@ -61,7 +38,7 @@ def evaluate_split(translator, split: str, data_dir: str | None = None, **decode
 
 def _results_dir(translator) -> Path:
     """EXPDIR/results of the (first) checkpoint translating."""
-    ckpt = Path(translator.source.split(" + ")[0])
+    ckpt = Path(translator.sources[0])
     return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "results"
 
 
@@ -80,11 +57,14 @@ def hardware(device: torch.device) -> dict:
 
 def _portable(path: str) -> str:
     """A checkpoint as it can be published: EXPERIMENT/checkpoints/NAME, never a machine path."""
-    parts = []
-    for p in map(Path, path.split(" + ")):  # ensembles
-        parts.append(str(Path(p.parent.parent.name, p.parent.name, p.name)) if p.parent.name == "checkpoints"
-                     else p.name)
-    return " + ".join(parts)
+    p = Path(path)
+    return str(Path(p.parent.parent.name, p.parent.name, p.name)) if p.parent.name == "checkpoints" else p.name
+
+
+def _checkpoints(translator) -> dict:
+    """The card's "checkpoint" (the first model's), and "ensemble" (every model's) for an ensemble."""
+    paths = [_portable(p) for p in translator.sources]
+    return {"checkpoint": paths[0], **({"ensemble": paths} if len(paths) > 1 else {})}
 
 
 def _portable_config(cfg) -> dict:
@@ -109,7 +89,7 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
         "split": split, "source": Path(src_path).name, "reference": Path(ref_path).name,
         **{k: scores[k] for k in ("bleu", "bleu_signature", "chrf", "chrf_signature", "sentences")},
         "lowercase_13a_bleu": score(hyps, refs, lowercase=True, tokenize="13a")["bleu"],
-        "checkpoint": _portable(translator.source), "training": translator.training,
+        **_checkpoints(translator), "training": translator.training,
         "decode": to_dict(dcfg),
         "sentences_per_second": round(len(sources) / seconds, 2), "decode_seconds": round(seconds, 2),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -150,7 +130,7 @@ def tune(translator, beams: list[int], penalties: list[float], data_dir: str | N
     card = {
         "split": "valid", "source": Path(src_path).name, "reference": Path(ref_path).name,
         "sentences": len(sources), "bleu_signature": signature,
-        "grid": grid, "best": best, "checkpoint": _portable(translator.source), "training": translator.training,
+        "grid": grid, "best": best, **_checkpoints(translator), "training": translator.training,
         "decode": to_dict(translator.decode_config(**decode)),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,

@@ -113,7 +113,8 @@ def _encoded(cfg: Config, expdir: Path, name: str, paths: tuple[Path, Path],
     src, tgt = tok.src.encode(src_lines), tok.tgt.encode(tgt_lines)
     refs = tgt_lines
     if name == "train":
-        src, tgt, refs = _filter_training(src_lines, tgt_lines, src, tgt, cfg.data.max_len, log)
+        src, tgt, refs = _filter_training(src_lines, tgt_lines, src, tgt, cfg.data.max_len, log,
+                                          f"{paths[0]}, {paths[1]}")
     split = EncodedSplit(name, src, tgt, refs)
     path.parent.mkdir(exist_ok=True)
     buffer = io.BytesIO()
@@ -138,7 +139,7 @@ def _unpack(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
     return out
 
 
-def _filter_training(src_lines, tgt_lines, src, tgt, max_len: int, log):
+def _filter_training(src_lines, tgt_lines, src, tgt, max_len: int, log, name: str):
     """Drop empty/whitespace-only pairs and pairs longer than max_len pieces (train only)."""
     keep, empty, long = [], 0, 0
     for i, (s, t) in enumerate(zip(src_lines, tgt_lines)):
@@ -151,6 +152,9 @@ def _filter_training(src_lines, tgt_lines, src, tgt, max_len: int, log):
     if empty or long:
         log(f"prepare: dropped {empty} empty and {long} over-long (> data.max_len = {max_len} pieces) "
             "training pairs")
+    if not keep:
+        raise Seq2SeqError(f"{name}: no training pair is left after dropping {empty} empty and {long} "
+                           f"over-long (> data.max_len = {max_len} pieces) ones")
     return [src[i] for i in keep], [tgt[i] for i in keep], [tgt_lines[i] for i in keep]
 
 

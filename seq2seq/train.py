@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sacrebleu
@@ -113,6 +113,9 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+FUSED_ADAM_CPU_SINCE = (2, 4)  # the torch release whose Adam/AdamW take fused=True for CPU tensors
+
+
 def make_optimizer(model: Seq2Seq, cfg: Config) -> torch.optim.Optimizer:
     """Adam or AdamW with torch's fused kernel: one pass per parameter instead of one per
     operation; about 3x faster than the foreach update on our 2-core CPU (bench/kernel_speed.py)."""
@@ -148,6 +151,13 @@ def train_step(objective, optimizer, batch: Batch, cfg: Config, lr: float, autoc
 # ---------------------------------------------------------------- validation
 
 
+def valid_decode_config(cfg: Config) -> DecodeConfig:
+    """How validation BLEU decodes: every [decode] setting, with beam = train.valid_beam and one
+    hypothesis. Validation BLEU picks best.pt and drives the plateau schedule, so it must decode
+    the way `evaluate` will (no_repeat_ngram, min length and coverage penalty included)."""
+    return replace(cfg.decode, beam=cfg.train.valid_beam, nbest=1)
+
+
 @torch.no_grad()
 def validate(model: Seq2Seq, split: EncodedSplit, prepared: Prepared, cfg: Config,
              device: torch.device) -> dict:
@@ -160,10 +170,7 @@ def validate(model: Seq2Seq, split: EncodedSplit, prepared: Prepared, cfg: Confi
                             batch.tgt_mask, 0.0)
         nll_sum += float(nll)
         tokens += batch.ntokens
-    dcfg = DecodeConfig(beam=cfg.train.valid_beam, length_penalty=cfg.decode.length_penalty,
-                        max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b,
-                        batch_tokens=cfg.decode.batch_tokens)
-    hyps = decode_ids(model, split.src, dcfg, device)
+    hyps = decode_ids(model, split.src, valid_decode_config(cfg), device)
     texts = prepared.tokenizers.tgt.decode([h[0].tokens for h in hyps])
     bleu = sacrebleu.corpus_bleu(texts, [split.refs])
     model.train()

@@ -45,16 +45,17 @@ def decode_batch(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeCon
     B = len(src)
     if cfg.beam == 1:
         hyps = search.greedy(lambda tok, st: _step(model, tok, st), _Rows(state, memory, B), B, BOS, EOS,
-                             max_lens, min_lens, cfg.no_repeat_ngram, return_attention,
-                             reorder=lambda st, index: _reorder(model, st, index))
+                             max_lens, min_lens=min_lens, no_repeat_ngram=cfg.no_repeat_ngram,
+                             return_attention=return_attention, reorder=lambda st, index: _reorder(model, st, index))
         return [[h] for h in hyps]
     K = cfg.beam
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) beam k of sentence b is row b*K + k
     start = _Rows(model.reorder(state, rows), model.select(memory, rows), B * K)
     return search.beam_search(
         lambda tok, st: _step(model, tok, st), lambda st, index: _reorder(model, st, index), start, B, K,
-        BOS, EOS, max_lens, min_lens, cfg.length_penalty, cfg.coverage_penalty, mask, cfg.nbest,
-        cfg.no_repeat_ngram, return_attention)
+        BOS, EOS, max_lens, min_lens=min_lens, length_penalty_alpha=cfg.length_penalty,
+        coverage_beta=cfg.coverage_penalty, src_mask=mask, nbest=cfg.nbest, no_repeat_ngram=cfg.no_repeat_ngram,
+        return_attention=return_attention)
 
 
 class _Rows(NamedTuple):
@@ -105,9 +106,10 @@ class Translator:
     """Text in, text out, for one model or an ensemble of models sharing their vocabularies."""
 
     def __init__(self, model: Seq2Seq | Ensemble, tokenizers: Tokenizers, config: Config,
-                 device: torch.device, source: str = "", training: dict | None = None):
+                 device: torch.device, sources: list[str] | None = None, training: dict | None = None):
         self.model, self.tokenizers, self.config = model.eval(), tokenizers, config
-        self.device, self.source = device, source
+        self.device = device
+        self.sources = list(sources or [])  # the checkpoint file of each model (several for an ensemble)
         self.training = training or {}  # how far the (first) checkpoint had trained, for results cards
 
     @classmethod
@@ -122,15 +124,16 @@ class Translator:
             raise Seq2SeqError("--device cuda: no CUDA device is available")
         loaded = [_load_one(p, device) for p in paths]
         model, tokenizers, config, source, training = loaded[0]
+        sources = [x[3] for x in loaded]
         for other in loaded[1:]:
             for side in ("src", "tgt"):
                 if getattr(other[1], side).checksum != getattr(tokenizers, side).checksum:
                     raise Seq2SeqError(f"{other[3]}: an ensemble needs one {side} vocabulary, but its "
                                        f"SentencePiece model differs from that of {source}")
         if len(loaded) > 1:
-            model, source = Ensemble([m for m, *_ in loaded]), " + ".join(x[3] for x in loaded)
+            model = Ensemble([m for m, *_ in loaded])
             training = {"ensemble_of": len(loaded), **training}
-        return cls(model, tokenizers, config, device, source, training)
+        return cls(model, tokenizers, config, device, sources, training)
 
     def decode_config(self, **overrides) -> DecodeConfig:
         cfg = replace(self.config.decode, **{k: v for k, v in overrides.items() if v is not None})

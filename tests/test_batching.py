@@ -4,6 +4,7 @@ Sampler invariants run on the real Multi30K training split (encoded once per mod
 the mechanics of collate and the edge cases use small hand-made data.
 """
 
+import dataclasses
 import random
 import statistics
 from pathlib import Path
@@ -287,11 +288,16 @@ def test_collate_empty_sentences():
     assert b.ntokens == 4
 
 
-def test_batch_to_keeps_everything(tiny):
+def test_batch_to_moves_every_field(tiny):
+    """Every tensor goes to the device (the meta device stands in for a GPU), shapes and dtypes kept."""
     b = collate(tiny, [0, 3])
-    moved = b.to("cpu")
-    for name in ("src", "src_lengths", "src_mask", "tgt_in", "tgt_out", "tgt_mask", "index"):
-        assert torch.equal(getattr(moved, name), getattr(b, name)), name
+    moved = b.to("meta")
+    names = ("src", "src_lengths", "src_mask", "tgt_in", "tgt_out", "tgt_mask", "index")
+    assert [f.name for f in dataclasses.fields(Batch)] == list(names)  # a new field must be added here
+    for name in names:
+        t, m = getattr(b, name), getattr(moved, name)
+        assert t.device.type == "cpu" and m.device.type == "meta", name
+        assert (m.shape, m.dtype) == (t.shape, t.dtype), name
 
 
 # ---------------------------------------------------------------------------- make_batches / eval_batches

@@ -19,28 +19,18 @@ import pytest
 import sacrebleu
 
 import seq2seq
+from conftest import CLI, assert_usage_error, run_cli
 from seq2seq import corpus
 from seq2seq.translate import Translator
 
-MODULE = [sys.executable, "-m", "seq2seq.cli"]
 CONSOLE = [str(Path(sys.executable).parent / "seq2seq")]
 SUBCOMMANDS = ["prepare", "train", "translate", "score", "evaluate", "tune"]
 
 
-def run(args: list[str], stdin: bytes = b"", cmd: list[str] = MODULE, cwd: Path | None = None):
-    """Run the CLI; stdout and stderr come back as text (stdout strictly UTF-8)."""
-    p = subprocess.run(cmd + [str(a) for a in args], input=stdin, capture_output=True, cwd=cwd, timeout=300)
-    return p.returncode, p.stdout.decode("utf-8"), p.stderr.decode("utf-8", errors="replace")
-
-
-def assert_usage_error(rc: int, stderr: str, *fragments: str) -> None:
-    """Exit 2 and exactly one stderr line, `error: ...`, naming every fragment."""
-    assert rc == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
+def run(args: list, stdin: bytes = b"", cmd: list[str] = CLI, cwd: Path | None = None):
+    """(exit status, stdout, stderr) of the CLI."""
+    p = run_cli(*args, stdin=stdin, cmd=cmd, cwd=cwd)
+    return p.returncode, p.stdout, p.stderr
 
 
 def output_lines(text: str) -> list[str]:
@@ -71,7 +61,7 @@ def test_subcommand_help_exits_0(name):
     assert out.startswith(f"usage: seq2seq {name}")
 
 
-@pytest.mark.parametrize("cmd", [MODULE, CONSOLE], ids=["module", "console"])
+@pytest.mark.parametrize("cmd", [CLI, CONSOLE], ids=["module", "console"])
 @pytest.mark.parametrize("args, fragments", [
     (["frobnicate"], ["invalid choice", "frobnicate"]),
     (["translate"], ["required", "model"]),
@@ -92,6 +82,7 @@ def test_beam_zero_is_a_usage_error(reverse_model):
     assert out == ""
 
 
+@pytest.mark.slow
 def test_missing_model_path_is_a_usage_error(tmp_path):
     missing = tmp_path / "no_such_experiment"
     rc, out, err = run(["translate", missing], stdin=b"a b\n", cmd=CONSOLE)
@@ -331,7 +322,7 @@ def test_tune_rejects_a_bad_grid(expdir_copy, args, fragment):
 
 def test_translate_streams_a_pipe_line_by_line(reverse_model, translator):
     """An answer comes back for each line before the input is closed."""
-    p = subprocess.Popen(MODULE + ["translate", str(reverse_model), "--beam", "1"], stdin=subprocess.PIPE,
+    p = subprocess.Popen(CLI + ["translate", str(reverse_model), "--beam", "1"], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         for line in ["a b c", "d e"]:
@@ -352,6 +343,25 @@ def test_translate_streams_a_pipe_line_by_line(reverse_model, translator):
 def test_translate_checks_decode_options(reverse_model, option, value, key):
     rc, out, err = run(["translate", reverse_model, option, value], stdin=b"a b\n")
     assert_usage_error(rc, err, key)
+    assert out == ""
+
+
+@pytest.mark.parametrize("args", [["score", "--ref", "REF", "--hyp", "HYP"], ["score", "--ref", "REF", "--json"],
+                                  ["--help"], ["--version"]])
+def test_commands_without_a_model_do_not_import_torch(tmp_path, args):
+    """`score` needs sacrebleu only: importing torch would cost seconds for nothing."""
+    (tmp_path / "REF").write_text("a b c\n")
+    (tmp_path / "HYP").write_text("a b c\n")
+    code = ("import sys\nfrom seq2seq import cli\ntry:\n    rc = cli.main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    rc = e.code\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch', rc, file=sys.stderr)")
+    p = run_cli(*args, cmd=[sys.executable, "-c", code], cwd=tmp_path, stdin="a b c\n")
+    assert p.stderr.splitlines()[-1] == "no torch 0", p.stderr
+
+
+def test_buffer_lines_must_be_positive(reverse_model):
+    rc, out, err = run(["translate", reverse_model, "--buffer-lines", "0"], stdin=b"a b\n")
+    assert_usage_error(rc, err, "--buffer-lines", "0")
     assert out == ""
 
 

@@ -66,7 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield Server(f"http://127.0.0.1:{httpd.server_port}", root, requests)
     httpd.shutdown()
@@ -158,6 +158,37 @@ def test_corrupt_gzip_is_named(tmp_path: Path, data: bytes):
 
 
 # ---------------------------------------------------------------------------- read_parallel
+
+
+# ---------------------------------------------------------------------------- streamed lines
+
+
+def stream(path: Path, max_lines: int, errors: str = "strict") -> list[list[str]]:
+    with corpus.open_binary(path) as f:
+        return list(corpus.read_line_chunks(f, max_lines, str(path), errors, hint="; HINT"))
+
+
+@pytest.mark.parametrize("name", ["a.txt", "a.txt.gz"])
+def test_streamed_lines_are_the_lines_of_the_whole_file(tmp_path: Path, name: str):
+    """Chunks of at most max_lines that join to exactly what read_lines makes of the file, with
+    its newline, \\r and separator rules, across read boundaries (the file is several reads long)."""
+    rows = [f"line {i} \u2028 x\x0by\r" if i % 7 == 0 else f"line {i} " + "w" * (i % 50) for i in range(6000)]
+    path = write_bytes(tmp_path / name, ("\n".join(rows) + "\r").encode())  # last line: no newline
+    chunks = stream(path, 1000)
+    assert all(1 <= len(c) <= 1000 for c in chunks)
+    assert [line for c in chunks for line in c] == read_lines(path)
+    assert len(read_lines(path)) == 6000 and read_lines(path)[-1] == rows[-1]
+
+
+def test_streamed_invalid_utf8_names_the_line_past_a_read_boundary(tmp_path: Path):
+    lines = [b"a b c d e f g h"] * 20000  # 320 kB: the bad line is read several reads in
+    lines[15321] = b"a \xff b"
+    path = write_bytes(tmp_path / "in.txt", b"\n".join(lines) + b"\n")
+    with pytest.raises(Seq2SeqError) as info:
+        stream(path, 100)
+    assert str(info.value) == f"{path}:15322: invalid UTF-8 (byte 0xff at column 3); HINT"
+    replaced = [line for c in stream(path, 100, errors="replace") for line in c]
+    assert len(replaced) == 20000 and replaced[15321] == "a \ufffd b"
 
 
 def test_read_parallel_returns_both_sides(tmp_path: Path):

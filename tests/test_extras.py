@@ -1,14 +1,14 @@
 """Plots, attention maps, the Python API, checkpoint averaging and ensembles."""
 
 import re
+import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import run_cli
 from seq2seq import Translator, checkpoint
 from seq2seq.config import DecodeConfig
 from seq2seq.errors import Seq2SeqError
@@ -22,11 +22,6 @@ def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return struct.unpack(">II", data[16:24])
-
-
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seq2seq.cli", *args], input=stdin,
-                          capture_output=True, text=True, timeout=120)
 
 
 # ---------------------------------------------------------------- plots
@@ -169,6 +164,21 @@ def test_ensemble_of_a_model_with_itself_translates_like_the_model(reverse_model
         assert double.translate(LINES, beam=beam) == single.translate(LINES, beam=beam)
     cli = run_cli("translate", str(reverse_model), str(reverse_model), stdin="a b c\n")
     assert cli.returncode == 0 and cli.stdout == "c b a\n"
+
+
+def test_ensemble_results_card_goes_to_the_first_models_experiment(reverse_model: Path, tmp_path: Path):
+    """Checkpoint paths travel as a list: a directory named with " + " is no separator."""
+    from seq2seq.evaluate import evaluate_split
+    odd = tmp_path / "a + b" / "exp"
+    (odd / "checkpoints").mkdir(parents=True)
+    shutil.copy(reverse_model / "checkpoints" / "best.pt", odd / "checkpoints" / "best.pt")
+    ensemble = Translator.load([odd, reverse_model])
+    assert ensemble.sources == [str(odd / "checkpoints" / "best.pt"), str(reverse_model / "checkpoints" / "best.pt")]
+    card = evaluate_split(ensemble, "test", beam=1)
+    assert Path(card["card_path"]) == odd / "results" / "test.beam1.json"
+    assert card["checkpoint"] == "exp/checkpoints/best.pt"
+    assert card["ensemble"] == ["exp/checkpoints/best.pt", "exp/checkpoints/best.pt"]
+    assert card["training"]["ensemble_of"] == 2
 
 
 def test_ensemble_needs_one_vocabulary(reverse_model: Path, tmp_path: Path):

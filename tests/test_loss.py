@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import V, make, src_batch, tgt_batch, tiny
 from seq2seq import loss as loss_module
 from seq2seq.loss import linear_cross_entropy, smoothed_cross_entropy
-from test_model import V, make, src_batch, tgt_batch, tiny
 
 
 def inputs(n=300, h=16, v=50, seed=0):

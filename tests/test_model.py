@@ -9,57 +9,12 @@ import random
 import pytest
 import torch
 
+from conftest import V, make, padded, src_batch, tgt_batch, tiny
 from seq2seq import checkpoint
 from seq2seq.attention import Attention
-from seq2seq.config import (AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig,
-                            from_dict, to_dict)
+from seq2seq.config import ModelConfig, from_dict, to_dict
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import build_model, count_parameters
-from seq2seq.tokenizer import BOS, PAD
-
-V = 13  # vocabulary: ids 4.. are ordinary tokens
-
-
-def tiny(*, enc_cell="lstm", dec_cell="lstm", bidirectional=True, enc_layers=2, dec_layers=3,
-         enc_hidden=16, dec_hidden=16, embedding=8, enc_residual=False, residual="gnmt",
-         residual_from=2, feed="gnmt", attention="mlp", bridge="linear", tie=False,
-         share=False) -> ModelConfig:
-    return ModelConfig(
-        encoder=EncoderConfig(cell=enc_cell, layers=enc_layers, hidden=enc_hidden, embedding=embedding,
-                              bidirectional=bidirectional, dropout=0.0, residual=enc_residual),
-        decoder=DecoderConfig(cell=dec_cell, layers=dec_layers, hidden=dec_hidden, embedding=embedding,
-                              dropout=0.0, residual=residual, residual_from=residual_from,
-                              attention_feed=feed, bridge=bridge, tie_embeddings=tie),
-        attention=AttentionConfig(type=attention, hidden=12),
-        share_embeddings=share)
-
-
-def make(cfg: ModelConfig, seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model(cfg, V, V).eval()
-
-
-def padded(lengths, width=None, seed=1):
-    """Random sentences of the given lengths -> (ids (B, S), lengths (B,), mask (B, S))."""
-    g = torch.Generator().manual_seed(seed)
-    width = width or max(lengths)
-    ids = torch.full((len(lengths), width), PAD, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        ids[i, :n] = torch.randint(4, V, (n,), generator=g)
-    lengths = torch.tensor(lengths)
-    return ids, lengths, torch.arange(width)[None, :] < lengths[:, None]
-
-
-def src_batch():
-    return padded([5, 3, 7, 1], seed=1)
-
-
-def tgt_batch():
-    """tgt_in starting with BOS, padded; and its mask (B, T)."""
-    ids, lengths, mask = padded([4, 6, 2, 3], seed=2)
-    tgt_in = torch.cat([torch.full((4, 1), BOS), ids], 1)[:, :-1]
-    tgt_in[~mask] = PAD
-    return tgt_in, mask
 
 
 def stepwise(model, src, src_lengths, src_mask, tokens_in):
@@ -318,6 +273,31 @@ def test_dense_residual_sums_lower_layers(cell, feed):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_residuals_add_the_clean_input_under_dropout(cell):
+    """Encoder and decoder alike (GNMT): dropout sits on the branch into the next layer, the
+    residual adds that layer's input as it was before dropout. With layer 2 zeroed, the stack's
+    output is layer 1's output exactly, in training mode with dropout 0.5."""
+    model = make(tiny(enc_cell=cell, dec_cell=cell, enc_residual=True, enc_layers=2, dec_layers=2,
+                      residual="gnmt", residual_from=2, feed="top", bridge="none", dropout=0.5)).train()
+    zero_layer(model.encoder.layers[1])
+    zero_layer(model.decoder.layers[1])
+    src, src_lengths, src_mask = src_batch()
+    seen = {}
+    model.encoder.layers[0].register_forward_hook(lambda m, a, out: seen.__setitem__("y1", out[0].data))
+    rec = Recorder(model.decoder)
+    with torch.no_grad():
+        memory, _, _ = model.encoder(src, src_lengths)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(memory, src_lengths, batch_first=True,
+                                                     enforce_sorted=False).data
+    assert seen["y1"].abs().max() > 0
+    torch.testing.assert_close(packed, seen["y1"], rtol=0, atol=0)
+    with torch.no_grad():
+        model(src, src_lengths, src_mask, tgt_batch()[0])
+    assert rec.outputs[0].abs().max() > 0
+    torch.testing.assert_close(rec.stack, rec.outputs[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("residual", [True, False])
 def test_encoder_residual(cell, residual):
     model = make(tiny(enc_cell=cell, enc_residual=residual, enc_layers=2))
@@ -389,14 +369,15 @@ def test_tie_embeddings_shares_the_output_weight():
     assert model.decoder.out.weight is model.decoder.embed.weight
     untied = make(tiny(embedding=16))
     assert count_parameters(untied) - count_parameters(model) == V * 16
-    # still one tensor after a training step
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    # one parameter learning from both uses: its gradient is the sum of the two an untied copy gets
+    untied.load_state_dict(model.state_dict())  # the same values, in two tensors
     src, src_lengths, src_mask = src_batch()
     tgt_in, tgt_mask = tgt_batch()
-    model.train()
-    model(src, src_lengths, src_mask, tgt_in, tgt_mask).sum().backward()
-    opt.step()
-    assert model.decoder.out.weight.data_ptr() == model.decoder.embed.weight.data_ptr()
+    for m in (model, untied):
+        m(src, src_lengths, src_mask, tgt_in, tgt_mask).logsumexp(-1).sum().backward()
+    torch.testing.assert_close(model.decoder.embed.weight.grad,
+                               untied.decoder.embed.weight.grad + untied.decoder.out.weight.grad)
+    assert untied.decoder.embed.weight.grad.abs().max() > 0 and untied.decoder.out.weight.grad.abs().max() > 0
 
 
 def test_share_embeddings_shares_source_and_target_embedding():

@@ -5,13 +5,11 @@ import gzip
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from conftest import run_cli
 from seq2seq import config, corpus
 from seq2seq.errors import Seq2SeqError
 from seq2seq.prepare import prepare, split_files
@@ -318,6 +316,23 @@ def test_invalid_utf8_names_file_and_line(user_files, tmp_path, name):
     assert str(e.value).startswith(f"{user_files / name}:7: invalid UTF-8")
 
 
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_empty_split_is_named_at_prepare(user_files, tmp_path, split):
+    """An empty split used to pass `prepare` and crash training at the first validation."""
+    for side in ("src", "tgt"):
+        (user_files / f"{split}.{side}").write_bytes(b"")
+    with pytest.raises(Seq2SeqError) as e:
+        prepare(config.load(user_files / "files.toml"), tmp_path / "exp", log=Log())
+    assert str(e.value) == f"{user_files / f'{split}.src'} and {user_files / f'{split}.tgt'} are empty (no lines)"
+
+
+def test_training_split_with_no_usable_pair_is_an_error(user_files, tmp_path):
+    lines = corpus.read_lines(user_files / "train.src")
+    write_lines(user_files / "train.tgt", ["  "] * len(lines))  # every pair has an empty side
+    with pytest.raises(Seq2SeqError, match=re.escape(str(user_files / "train.src")) + ".*no training pair"):
+        prepare(config.load(user_files / "files.toml"), tmp_path / "exp", log=Log())
+
+
 def test_missing_user_file_is_named(user_files, tmp_path):
     (user_files / "valid.src").unlink()
     with pytest.raises(Seq2SeqError, match=re.escape(str(user_files / "valid.src"))):
@@ -327,11 +342,7 @@ def test_missing_user_file_is_named(user_files, tmp_path):
 # ---------------------------------------------------------------------------- the CLI
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seq2seq.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
-
-
+@pytest.mark.slow
 def test_cli_prepare(multi30k_dir, tmp_path):
     out = tmp_path / "exp"
     r = run_cli("prepare", str(RECIPE), "--data-dir", str(multi30k_dir), "--out", str(out),
@@ -344,6 +355,7 @@ def test_cli_prepare(multi30k_dir, tmp_path):
     assert not (tmp_path / "data").exists()  # nothing downloaded into the working directory
 
 
+@pytest.mark.slow
 def test_cli_bad_override_is_one_error_line(multi30k_dir, tmp_path):
     out = tmp_path / "exp"
     r = run_cli("prepare", str(RECIPE), "--data-dir", str(multi30k_dir), "--out", str(out),

@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,19 +18,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import make_reverse_task
+from conftest import CLI, cli_env, make_reverse_task
 from seq2seq import checkpoint, cli, config, corpus
 from seq2seq.errors import Seq2SeqError
 from seq2seq.translate import Translator, decode_ids
 
-TRAIN = [sys.executable, "-m", "seq2seq.cli", "train"]
+TRAIN = [*CLI, "train"]
 STEPS = 60
 SETTINGS = ["--set", f"train.max_steps={STEPS}", "--set", "train.valid_every=4", "--set", "train.log_every=1",
             "--set", "model.decoder.dropout=0.3", "--set", "model.encoder.dropout=0.3"]
-
-
-def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -54,7 +49,7 @@ def task(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def straight_run(task, tmp_path_factory) -> Path:
     expdir = tmp_path_factory.mktemp("straight") / "exp"
-    subprocess.run(TRAIN + [str(task), "--out", str(expdir), *SETTINGS], check=True, env=env(),
+    subprocess.run(TRAIN + [str(task), "--out", str(expdir), *SETTINGS], check=True, env=cli_env(),
                    capture_output=True, timeout=300)
     return expdir
 
@@ -74,7 +69,7 @@ def logged_step(expdir: Path) -> int:
 def test_sigkill_at_a_random_moment_then_resume_matches_a_straight_run(task, straight_run, tmp_path):
     expdir = tmp_path / "exp"
     kill_at = random.Random().randint(6, STEPS - 10)  # a random step: mid-step, mid-validation or mid-write
-    proc = subprocess.Popen(TRAIN + [str(task), "--out", str(expdir), *SETTINGS], env=env(),
+    proc = subprocess.Popen(TRAIN + [str(task), "--out", str(expdir), *SETTINGS], env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while logged_step(expdir) < kill_at:
@@ -88,7 +83,7 @@ def test_sigkill_at_a_random_moment_then_resume_matches_a_straight_run(task, str
     assert checkpoint.load(expdir / "checkpoints" / "last.pt")["progress"]["step"] < STEPS
     stale = expdir / "checkpoints" / ".last.pt.tmp99999"   # what a write killed before its rename leaves
     stale.write_bytes(b"half a checkpoint")
-    resumed = subprocess.run(TRAIN + [str(task), "--out", str(expdir), "--resume", *SETTINGS], env=env(),
+    resumed = subprocess.run(TRAIN + [str(task), "--out", str(expdir), "--resume", *SETTINGS], env=cli_env(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert not stale.exists()
@@ -100,12 +95,13 @@ def test_sigkill_at_a_random_moment_then_resume_matches_a_straight_run(task, str
     assert train_steps == list(range(1, STEPS + 1))  # replayed steps are logged once, not twice
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_saves_last_and_says_how_to_resume(task, tmp_path, sig, code):
     expdir = tmp_path / "exp"
     proc = subprocess.Popen(TRAIN + [str(task), "--out", str(expdir), *SETTINGS[2:],
                                      "--set", "train.max_steps=100000"],
-                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(expdir / "checkpoints" / "last.pt", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -137,10 +133,11 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing_behind(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+@pytest.mark.slow
 def test_an_unwritable_expdir_is_a_one_line_error(task, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = subprocess.run(TRAIN + [str(task), "--out", str(blocker / "exp"), *SETTINGS], env=env(),
+    result = subprocess.run(TRAIN + [str(task), "--out", str(blocker / "exp"), *SETTINGS], env=cli_env(),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr

@@ -4,7 +4,6 @@ with SIGINT. Everything runs on CPU with one thread per process."""
 
 import json
 import math
-import os
 import signal
 import socket
 import subprocess
@@ -15,15 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_reverse_task
+from conftest import CLI, OVERFIT_SETTINGS, OVERFIT_STEPS, REPO, cli_env, make_reverse_task
 from seq2seq import checkpoint, config
 from seq2seq import train as train_module
 from seq2seq.errors import Seq2SeqError
-from seq2seq.model import Seq2Seq
+from seq2seq.model import Seq2Seq, build_model
 from seq2seq.train import run
 from seq2seq.translate import Translator
-
-REPO = Path(__file__).resolve().parent.parent
 
 # A model small enough that a step takes a few milliseconds.
 TINY = ["model.encoder.layers=1", "model.encoder.hidden=16", "model.encoder.embedding=8",
@@ -51,15 +48,9 @@ def weights(path: Path) -> dict:
     return checkpoint.load(path)["model"]
 
 
-def subprocess_env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
 # ---------------------------------------------------------------- overfitting + artifacts
 
-OVERFIT_STEPS, VALID_EVERY = 600, 100
+VALID_EVERY = 100  # OVERFIT_SETTINGS' train.valid_every
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +61,7 @@ def overfit_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("overfit")
     recipe = make_reverse_task(root / "data", steps=OVERFIT_STEPS)
     expdir = root / "exp"
-    run(config.load(recipe, ["model.encoder.layers=1", "model.decoder.layers=1", "train.schedule='plateau'",
-                             "train.plateau_patience=0", f"train.valid_every={VALID_EVERY}",
-                             "train.keep_last=2"]), expdir)
+    run(config.load(recipe, OVERFIT_SETTINGS), expdir)
     return expdir
 
 
@@ -120,6 +109,39 @@ def test_metrics_checkpoints_and_config_written(overfit_run):
 
 
 # ---------------------------------------------------------------- exact resume
+
+
+def test_declared_torch_floor_has_the_fused_cpu_adam_training_uses(small_task):
+    """pyproject's torch floor must be a release whose Adam takes fused=True for CPU tensors."""
+    import re
+    import tomllib
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if re.match(r"torch\b", d)]
+    floor = re.fullmatch(r"torch>=(\d+)\.(\d+)(\.\d+)?", spec.replace(" ", ""))
+    assert floor, f"torch requirement {spec!r} has no plain >= floor"
+    assert (int(floor[1]), int(floor[2])) >= train_module.FUSED_ADAM_CPU_SINCE
+    cfg = tiny_config(small_task)
+    assert train_module.make_optimizer(build_model(cfg.model, 30, 30), cfg).defaults["fused"] is True
+
+
+def test_validation_decodes_with_every_decode_setting(small_task, tmp_path, monkeypatch):
+    """Validation BLEU picks best.pt and drives the plateau schedule: it must decode as [decode]
+    says (no_repeat_ngram, min length, coverage included), only with beam = train.valid_beam."""
+    from dataclasses import replace
+    seen = []
+    decode_ids = train_module.decode_ids
+
+    def recording(model, src, cfg, device, *args):
+        seen.append(cfg)
+        return decode_ids(model, src, cfg, device, *args)
+
+    monkeypatch.setattr(train_module, "decode_ids", recording)
+    cfg = tiny_config(small_task, "train.max_steps=2", "train.valid_every=2", "train.valid_beam=2",
+                      "decode.beam=4", "decode.nbest=3", "decode.no_repeat_ngram=2", "decode.min_len_a=0.5",
+                      "decode.min_len_b=1", "decode.coverage_penalty=0.3", "decode.length_penalty=0.7",
+                      "decode.max_len_a=1.2", "decode.batch_tokens=300")
+    run(cfg, tmp_path / "exp")
+    assert seen == [replace(cfg.decode, beam=2, nbest=1)]
 
 
 def test_resume_is_exact(small_task, tmp_path):
@@ -276,12 +298,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gloo(small_task, tmp_path):
     expdir = tmp_path / "exp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           "--master_port", str(free_port()), "-m", "seq2seq.cli", "train", str(small_task), "--out", str(expdir),
+           "--master_port", str(free_port()), *CLI[1:], "train", str(small_task), "--out", str(expdir),
            *[a for s in [*TINY, "train.max_steps=3", "train.valid_every=3"] for a in ("--set", s)]]
-    proc = subprocess.run(cmd, env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(cmd, env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (summary,) = records(expdir, "summary")
     assert summary["steps"] == 3
@@ -295,14 +318,15 @@ def test_torchrun_two_processes_gloo(small_task, tmp_path):
 
 
 def cli_train(recipe: Path, expdir: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "-m", "seq2seq.cli", "train", str(recipe), "--out", str(expdir),
+    return [*CLI, "train", str(recipe), "--out", str(expdir),
             *[a for s in [*TINY, *overrides] for a in ("--set", s)]]
 
 
+@pytest.mark.slow
 def test_cli_train_prints_progress(small_task, tmp_path):
     expdir = tmp_path / "exp"
     proc = subprocess.run(cli_train(small_task, expdir, "train.max_steps=4", "train.valid_every=4"),
-                          env=subprocess_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          env=cli_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Seq2Seq: encoder 1xbi-LSTM 16" in proc.stdout          # the model summary
     assert "step 4 " in proc.stdout and "BLEU" in proc.stdout      # the validation line
@@ -311,12 +335,13 @@ def test_cli_train_prints_progress(small_task, tmp_path):
     assert (expdir / "checkpoints" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_cli_sigint_saves_and_exits_130(small_task, tmp_path):
     expdir = tmp_path / "exp"
     last = expdir / "checkpoints" / "last.pt"
     proc = subprocess.Popen(cli_train(small_task, expdir, "train.max_steps=1000000", "train.valid_every=5",
                                       "train.log_every=1000"),
-                            env=subprocess_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            env=cli_env(), cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90

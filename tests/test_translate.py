@@ -13,23 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import reverse_rows
 from seq2seq import search
 from seq2seq.batching import collate_src
 from seq2seq.config import DecodeConfig
-from seq2seq.decoder import select_memory
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import BOS, EOS
-from seq2seq.translate import Translator, _reorder, _Rows, _step, decode_ids, length_limits
+from seq2seq.translate import Translator, decode_ids
 
 CPU = torch.device("cpu")
-LETTERS = "abcdefghij"
-
-
-def reverse_rows(n: int, seed: int, lengths: tuple[int, int] = (2, 6)) -> tuple[list[str], list[str]]:
-    """Fresh reverse-task pairs (space-separated letters, target reversed)."""
-    rng = random.Random(seed)
-    rows = [[rng.choice(LETTERS) for _ in range(rng.randint(*lengths))] for _ in range(n)]
-    return [" ".join(r) for r in rows], [" ".join(reversed(r)) for r in rows]
 
 
 # Sources of mixed lengths, including ones the model never saw (1 letter, 9-12 letters) so that
@@ -59,20 +51,21 @@ def tokens_of(nbests) -> list[list[tuple[int, ...]]]:
 
 
 @torch.no_grad()
-def test_beam_one_equals_greedy(translator, src_ids):
+def test_beam_one_equals_greedy(translator, src_ids, monkeypatch):
+    """Beam search with K = 1 finds greedy's hypotheses, through decode_batch's own wiring:
+    greedy's call is answered by beam_search with the same step, state and reorder."""
     cfg = decode_cfg(translator, beam=1)
     greedy = decode_ids(translator.model, src_ids, cfg, CPU)
 
-    # beam_search with K=1 over the same model, wired as decode_batch wires it for K > 1
-    model = translator.model.eval()
-    ids, lengths, mask = collate_src(src_ids)
-    memory, state = model.encode(ids, lengths, mask)
-    max_lens, min_lens = length_limits(lengths - 1, cfg)
-    rows = torch.arange(len(src_ids))  # beam 1: row b is sentence b
-    start = _Rows(model.reorder(state, rows), select_memory(memory, rows), len(src_ids))
-    beam = search.beam_search(lambda tok, st: _step(model, tok, st), lambda st, i: _reorder(model, st, i), start,
-                              len(src_ids), 1, BOS, EOS, max_lens, min_lens, src_mask=mask)
+    def beam_of_one(step, state, batch_size, bos, eos, max_lens, *, reorder, **settings):
+        calls.append(batch_size)
+        nbests = search.beam_search(step, reorder, state, batch_size, 1, bos, eos, max_lens, **settings)
+        return [nbest[0] for nbest in nbests]
 
+    calls = []
+    monkeypatch.setattr(search, "greedy", beam_of_one)
+    beam = decode_ids(translator.model, src_ids, cfg, CPU)
+    assert sum(calls) == len(src_ids)
     assert [h[0].tokens for h in greedy] == [h[0].tokens for h in beam]
     for g, b in zip(greedy, beam):
         assert g[0].log_prob == pytest.approx(b[0].log_prob, abs=1e-5)
@@ -106,9 +99,11 @@ def test_batched_equals_one_at_a_time(translator, src_ids, beam, nbest):
     batched = decode_ids(translator.model, src_ids, cfg, CPU)
     alone = [decode_ids(translator.model, [s], cfg, CPU)[0] for s in src_ids]
     assert tokens_of(batched) == tokens_of(alone)
+    # Scores to float tolerance: a batch's shape changes the kernels' summation order (up to ~1e-5
+    # on this converged model, more on some CPUs); a wrong row or state would be off by far more.
     for b, a in zip(batched, alone):
-        assert [h.log_prob for h in b] == pytest.approx([h.log_prob for h in a], abs=1e-5)
-        assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-5)
+        assert [h.log_prob for h in b] == pytest.approx([h.log_prob for h in a], abs=1e-4)
+        assert [h.score for h in b] == pytest.approx([h.score for h in a], abs=1e-4)
 
 
 def test_small_decode_batches_give_the_same_results(translator, src_ids):
@@ -156,9 +151,9 @@ def test_load_from_expdir_and_from_checkpoint_file(reverse_model, translator):
     lines = reverse_rows(10, seed=7)[0]
     expected = translator.translate(lines, beam=2)
     best = reverse_model / "checkpoints" / "best.pt"
-    assert Path(translator.source) == best
+    assert [Path(p) for p in translator.sources] == [best]
     from_file = Translator.load(best)
-    assert Path(from_file.source) == best
+    assert [Path(p) for p in from_file.sources] == [best]
     assert from_file.translate(lines, beam=2) == expected
     assert Translator.load(str(reverse_model)).translate(lines, beam=2) == expected
 
