@@ -10,7 +10,9 @@ never exceeds the token budget.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -19,9 +21,23 @@ from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import BOS, EOS, PAD
 
 
+class Split(Protocol):
+    """What batching and validation read from an encoded split: EncodedSplit (lists, for small
+    data and tests) or dataset.MappedSplit (arrays mapped from prepare's cache)."""
+
+    name: str
+    src: Sequence[list[int]]
+    tgt: Sequence[list[int]]
+    refs: list[str]  # the raw target lines of a scored split
+
+    def __len__(self) -> int: ...
+
+    def sizes(self) -> Tensor: ...
+
+
 @dataclass
 class EncodedSplit:
-    """One split as piece ids; `refs` are the raw target lines (never filtered)."""
+    """One split as lists of piece ids; `refs` are the raw target lines (never filtered)."""
 
     name: str
     src: list[list[int]]
@@ -31,8 +47,9 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.src)
 
-    def sizes(self) -> list[int]:
-        return [max(len(s), len(t)) + 1 for s, t in zip(self.src, self.tgt)]
+    def sizes(self) -> Tensor:
+        """(n,) int64: max(len(src), len(tgt)) + 1 per pair, what a batch's budget counts."""
+        return torch.tensor([max(len(s), len(t)) + 1 for s, t in zip(self.src, self.tgt)], dtype=torch.int64)
 
 
 @dataclass
@@ -73,7 +90,7 @@ def collate_src(src: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
     return ids, lengths, mask
 
 
-def collate(split: EncodedSplit, indices: list[int]) -> Batch:
+def collate(split: Split, indices: list[int]) -> Batch:
     src, src_lengths, src_mask = collate_src([split.src[i] for i in indices])
     tgt_in = pad([[BOS] + split.tgt[i] for i in indices])
     tgt_out = pad([split.tgt[i] + [EOS] for i in indices])
@@ -103,46 +120,55 @@ def make_batches(order: list[int], sizes: list[int], batch_tokens: int) -> list[
 class TokenBatchSampler:
     """Length-bucketed token-budget batches, reshuffled each epoch from the seed.
 
+    Works from the sizes alone, as tensors (a few bytes a pair, whatever the corpus size).
     Same seed -> same batches. Every example appears exactly once per epoch (with
     `world_size` > 1 the batch list is padded by wrapping around so that every rank gets
-    the same number of batches; rank r takes batches r, r + world, ...). The
-    position is part of `state_dict()`, so a resumed run continues mid-epoch.
+    the same number of batches; rank r takes batches r, r + world, ...). The state is the
+    epoch and the position in it, so a resumed run continues mid-epoch exactly.
     """
 
-    def __init__(self, sizes: list[int], batch_tokens: int, seed: int,
+    def __init__(self, sizes: Tensor | list[int], batch_tokens: int, seed: int,
                  rank: int = 0, world_size: int = 1):
-        if not sizes:
+        if len(sizes) == 0:
             raise Seq2SeqError("the training split is empty after filtering")
-        self.sizes, self.batch_tokens, self.seed = sizes, batch_tokens, seed
+        self.sizes = torch.as_tensor(sizes).to(torch.int32)  # (n,)
+        self.batch_tokens, self.seed = batch_tokens, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.position = 0, 0
-        self._cached: tuple[int, list[list[int]]] = (-1, [])
+        self._cached: tuple[int, tuple[Tensor, list[tuple[int, int]]]] | None = None
+
+    def _epoch(self, epoch: int) -> tuple[Tensor, list[tuple[int, int]]]:
+        """This rank's batches of an epoch: (order (n,) int32, [(start, end)] into order)."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        noise = torch.rand(len(self.sizes), generator=g)  # (n,)
+        # Sort by size with random tie-breaking: buckets of equal length, new each epoch.
+        # Two stable sorts: by noise, then by size; equal (size, noise) keep index order.
+        order = torch.sort(noise, stable=True).indices
+        order = order[torch.sort(self.sizes[order], stable=True).indices].to(torch.int32)
+        bounds = sorted_batches(self.sizes[order], self.batch_tokens)
+        perm = torch.randperm(len(bounds), generator=g).tolist()
+        bounds = [bounds[p] for p in perm]
+        if self.world_size > 1:  # wrap around (cyclically: there may be fewer batches than ranks)
+            total = -(-len(bounds) // self.world_size) * self.world_size
+            bounds = [bounds[i % len(bounds)] for i in range(total)][self.rank::self.world_size]
+        return order, bounds
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        noise = torch.rand(len(self.sizes), generator=g).tolist()
-        # Sort by size with random tie-breaking: buckets of equal length, new each epoch.
-        order = sorted(range(len(self.sizes)), key=lambda i: (self.sizes[i], noise[i]))
-        batches = make_batches(order, self.sizes, self.batch_tokens)
-        perm = torch.randperm(len(batches), generator=g).tolist()
-        batches = [batches[p] for p in perm]
-        if self.world_size > 1:  # wrap around (cyclically: there may be fewer batches than ranks)
-            total = -(-len(batches) // self.world_size) * self.world_size
-            batches = [batches[i % len(batches)] for i in range(total)]
-            batches = batches[self.rank::self.world_size]
-        return batches
+        """This rank's batches of an epoch as lists of example indices."""
+        order, bounds = self._epoch(epoch)
+        return [order[a:b].tolist() for a, b in bounds]
 
     def next_batch(self) -> list[int]:
         """The next batch; `epoch` advances as soon as an epoch's last batch is handed out,
         so an epoch limit can be checked before fetching."""
-        if self._cached[0] != self.epoch:
-            self._cached = (self.epoch, self.epoch_batches(self.epoch))
-        batches = self._cached[1]
-        batch = batches[self.position]
+        if self._cached is None or self._cached[0] != self.epoch:
+            self._cached = (self.epoch, self._epoch(self.epoch))
+        order, bounds = self._cached[1]
+        a, b = bounds[self.position]
         self.position += 1
-        if self.position == len(batches):
+        if self.position == len(bounds):
             self.epoch, self.position = self.epoch + 1, 0
-        return batch
+        return order[a:b].tolist()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -151,8 +177,27 @@ class TokenBatchSampler:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def eval_batches(sizes: list[int], batch_tokens: int) -> list[list[int]]:
+def sorted_batches(sizes: Tensor, batch_tokens: int) -> list[tuple[int, int]]:
+    """make_batches for sizes (n,) already in non-decreasing order, one step per batch instead of
+    per example: with sizes sorted, a batch from p holds the most k examples with
+    k * sizes[p + k - 1] <= budget. Returns [(start, end)] positions, the same batches."""
+    n = len(sizes)
+    if int(sizes[-1]) > batch_tokens:
+        raise Seq2SeqError(f"an example of {int(sizes[-1])} tokens exceeds the batch budget of {batch_tokens} "
+                           "tokens; raise train.batch_tokens or lower data.max_len")
+    bounds, p = [], 0
+    while p < n:
+        window = sizes[p:p + batch_tokens // int(sizes[p])].to(torch.int64)  # (w,) the most that could fit
+        fits = torch.arange(1, len(window) + 1) * window <= batch_tokens   # (w,) True, then False
+        k = int(fits.sum())
+        bounds.append((p, p + k))
+        p += k
+    return bounds
+
+
+def eval_batches(sizes: list[int] | Tensor, batch_tokens: int) -> list[list[int]]:
     """Deterministic batches sorted by size (fast decoding); callers restore order by index."""
+    sizes = torch.as_tensor(sizes).tolist()
     order = sorted(range(len(sizes)), key=lambda i: sizes[i])
     clamped = [min(s, batch_tokens) for s in sizes]  # an over-long sentence gets a batch of its own
     return make_batches(order, clamped, batch_tokens)

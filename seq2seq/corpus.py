@@ -7,8 +7,10 @@ Every user-facing failure is a one-line `Seq2SeqError` naming the file (and line
 from __future__ import annotations
 
 import gzip
+import hashlib
 import http.client
 import os
+import random
 import select
 import tempfile
 import urllib.error
@@ -149,6 +151,69 @@ def read_line_chunks(f: BinaryIO, max_lines: int, name: str, errors: str = "stri
             lines = []
         if not data:
             return
+
+
+def read_parallel_chunks(src_path: str | Path, tgt_path: str | Path,
+                         lines: int = 10_000) -> Iterator[tuple[list[str], list[str]]]:
+    """Stream a source/target file pair as aligned chunks of `lines` pairs, with the checks of
+    `read_parallel` (same line rules, equal counts, not empty) and never the whole file in memory.
+    A count mismatch is found at the end of the shorter file and reports both counts."""
+    with open_binary(src_path) as fs, open_binary(tgt_path) as ft:
+        src_chunks = read_line_chunks(fs, lines, str(src_path))
+        tgt_chunks = read_line_chunks(ft, lines, str(tgt_path))
+        src_buf: list[str] = []
+        tgt_buf: list[str] = []
+        counts = [0, 0]
+        while True:
+            if len(src_buf) < lines:
+                src_buf += next(src_chunks, [])
+            if len(tgt_buf) < lines:
+                tgt_buf += next(tgt_chunks, [])
+            n = min(len(src_buf), len(tgt_buf), lines)
+            if n == 0:
+                break
+            counts[0] += n
+            counts[1] += n
+            yield src_buf[:n], tgt_buf[:n]
+            del src_buf[:n], tgt_buf[:n]
+        counts[0] += len(src_buf) + sum(map(len, src_chunks))
+        counts[1] += len(tgt_buf) + sum(map(len, tgt_chunks))
+    if counts[0] != counts[1]:
+        raise Seq2SeqError(f"line counts differ: {src_path} has {counts[0]} lines, {tgt_path} has {counts[1]}")
+    if counts[0] == 0:
+        raise Seq2SeqError(f"{src_path} and {tgt_path} are empty (no lines)")
+
+
+def sample_lines(paths: list[Path], k: int, seed: int) -> list[str]:
+    """Non-empty lines of the files, in order while there are at most k of them, else a
+    uniform sample of k (reservoir sampling, seeded): never more than k lines in memory."""
+    rng, sample, seen = random.Random(seed), [], 0
+    for path in paths:
+        with open_binary(path) as f:
+            for chunk in read_line_chunks(f, 10_000, str(path)):
+                for line in chunk:
+                    if not line.strip():
+                        continue
+                    seen += 1
+                    if len(sample) < k:
+                        sample.append(line)
+                    elif (j := rng.randrange(seen)) < k:
+                        sample[j] = line
+    return sample
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except FileNotFoundError:
+        raise Seq2SeqError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise Seq2SeqError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- Multi30K

@@ -1,35 +1,44 @@
 """`prepare`: resolve the corpus, check it, train SentencePiece, encode and cache splits.
 
 Everything lands in the experiment directory:
-  spm.model (or spm.src.model + spm.tgt.model)   SentencePiece, trained on train only
-  cache/<split>.pt                                encoded split + the key it was built from
+  spm.model (or spm.src.model + spm.tgt.model)   SentencePiece, trained on (a sample of) train
+  cache/<split>.{src,tgt}.{ids,len}, <split>.json  encoded splits as flat arrays (seq2seq.dataset)
   prepare.json                                    what the tokenizer was trained from
 A second run with the same data and tokenizer settings reuses all of it.
+
+Nothing here holds a whole split in memory: the corpus is read and encoded in chunks of
+CHUNK_PAIRS pairs (SentencePiece encodes each chunk with both cores) and appended to the arrays;
+SentencePiece trains on at most SAMPLE_SENTENCES sentences (or tokenizer.seed_sentences), drawn
+while streaming. The raw reference lines of the scored splits (valid, tests) are read from the
+original files, never cached.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from seq2seq import corpus
-from seq2seq.batching import EncodedSplit
 from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import Config, to_dict
+from seq2seq.dataset import MappedSplit, SplitWriter, load_split
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import Tokenizers, train_tokenizers
+
+CHUNK_PAIRS = 20_000
+# tokenizer.seed_sentences = 0: every training sentence while there are at most this many
+# (per model: source and target together for a joint one), else a uniform sample of this many.
+SAMPLE_SENTENCES = 1_000_000
+_SAMPLE_SEED = 1  # the automatic sample's; an explicit seed_sentences sample uses train.seed
 
 
 @dataclass
 class Prepared:
     tokenizers: Tokenizers
-    splits: dict[str, EncodedSplit]      # "train", "valid", then the test names
+    splits: dict[str, MappedSplit]       # "train", "valid", then the test names
     files: dict[str, tuple[Path, Path]]  # the raw (src, tgt) files of each split
 
 
@@ -58,22 +67,49 @@ def split_files(cfg: Config, data_dir: str | None = None, only: list[str] | None
 def prepare(cfg: Config, expdir: Path, data_dir: str | None = None, log=print) -> Prepared:
     expdir.mkdir(parents=True, exist_ok=True)
     files = split_files(cfg, data_dir)
-    tokenizers = _tokenizers(cfg, expdir, files["train"], log)
-    splits = {name: _encoded(cfg, expdir, name, paths, tokenizers, log) for name, paths in files.items()}
+    digests = _Digests(expdir / "cache" / "digests.json")
+    tokenizers = _tokenizers(cfg, expdir, files["train"], digests, log)
+    splits = {name: _encoded(cfg, expdir, name, paths, tokenizers, digests, log) for name, paths in files.items()}
+    digests.save()
     return Prepared(tokenizers, splits, files)
 
 
-def _file_digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as e:
-        raise Seq2SeqError(f"{path}: cannot read ({e.strerror})") from None
+class _Digests:
+    """sha256 of the input files, remembered with each file's size and modification time so
+    that a run over unchanged files (every training start, every DDP rank) does not read
+    gigabytes again; a file whose size or mtime changed is hashed anew."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.known = {}
+        self.changed = False
+
+    def __call__(self, file: Path) -> str:
+        try:
+            st = file.stat()
+        except OSError:
+            return corpus.file_digest(file)  # names the file in its error
+        stamp = [st.st_size, st.st_mtime_ns]
+        entry = self.known.get(str(file.absolute()))
+        if not (isinstance(entry, dict) and entry.get("stamp") == stamp):
+            entry = {"stamp": stamp, "sha256": corpus.file_digest(file)}
+            self.known[str(file.absolute())] = entry
+            self.changed = True
+        return entry["sha256"]
+
+    def save(self) -> None:
+        if self.changed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(self.path, self.known)
 
 
-def _tokenizers(cfg: Config, expdir: Path, train_files: tuple[Path, Path], log) -> Tokenizers:
+def _tokenizers(cfg: Config, expdir: Path, train_files: tuple[Path, Path], digest, log) -> Tokenizers:
     meta_path = expdir / "prepare.json"
     want = {"tokenizer": to_dict(cfg.tokenizer), "seed": cfg.train.seed if cfg.tokenizer.seed_sentences else None,
-            "train": [_file_digest(p) for p in train_files]}
+            "train": [digest(p) for p in train_files]}
     if meta_path.exists():
         try:
             meta = json.loads(meta_path.read_text())
@@ -88,74 +124,72 @@ def _tokenizers(cfg: Config, expdir: Path, train_files: tuple[Path, Path], log) 
         raise Seq2SeqError(f"{expdir} holds a trained model whose SentencePiece model was made from other "
                            "training data or tokenizer settings; retraining it would orphan the checkpoints "
                            "(use another --out)")
-    src, tgt = corpus.read_parallel(*train_files)
+    k, seed = ((cfg.tokenizer.seed_sentences, cfg.train.seed) if cfg.tokenizer.seed_sentences
+               else (SAMPLE_SENTENCES, _SAMPLE_SEED))
+    for _ in corpus.read_parallel_chunks(*train_files, CHUNK_PAIRS):
+        pass  # aligned, readable and not empty, before SentencePiece trains on it
+    src_path, tgt_path = train_files
+    if cfg.tokenizer.joint:
+        src, tgt = corpus.sample_lines([src_path, tgt_path], k, seed), []
+    else:
+        src, tgt = corpus.sample_lines([src_path], k, seed), corpus.sample_lines([tgt_path], k, seed)
     log(f"prepare: training SentencePiece ({cfg.tokenizer.type}, {cfg.tokenizer.vocab_size}, "
-        f"{'joint' if cfg.tokenizer.joint else 'separate'}) on {len(src)} training pairs")
-    tok = train_tokenizers(src, tgt, cfg.tokenizer, expdir, cfg.train.seed)
+        f"{'joint' if cfg.tokenizer.joint else 'separate'}) on {len(src) + len(tgt)} training sentences")
+    tok = train_tokenizers(src, tgt, cfg.tokenizer, expdir)
     _write_json(meta_path, {"source": want, "checksums": tok.checksums()})
     return tok
 
 
 def _encoded(cfg: Config, expdir: Path, name: str, paths: tuple[Path, Path],
-             tok: Tokenizers, log) -> EncodedSplit:
+             tok: Tokenizers, digest, log) -> MappedSplit:
+    scored = name != "train"
     key = hashlib.sha256(json.dumps({
-        "files": [_file_digest(p) for p in paths], "tok": tok.checksums(),
-        "max_len": cfg.data.max_len if name == "train" else None}).encode()).hexdigest()
-    path = expdir / "cache" / f"{name}.pt"
-    if path.exists():
-        try:
-            data = torch.load(path, weights_only=True)
-            if data.get("key") == key:
-                return EncodedSplit(name, _unpack(*data["src"]), _unpack(*data["tgt"]), data["refs"])
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            pass
-    src_lines, tgt_lines = corpus.read_parallel(*paths)
-    src, tgt = tok.src.encode(src_lines), tok.tgt.encode(tgt_lines)
-    refs = tgt_lines
-    if name == "train":
-        src, tgt, refs = _filter_training(src_lines, tgt_lines, src, tgt, cfg.data.max_len, log,
-                                          f"{paths[0]}, {paths[1]}")
-    split = EncodedSplit(name, src, tgt, refs)
-    path.parent.mkdir(exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({"key": key, "src": _pack(src), "tgt": _pack(tgt), "refs": refs}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-    log(f"prepare: encoded {name}: {len(src)} pairs from {paths[0].name}, {paths[1].name}")
+        "files": [digest(p) for p in paths], "tok": tok.checksums(),
+        "max_len": None if scored else cfg.data.max_len, "format": 2}).encode()).hexdigest()
+    refs = corpus.read_lines(paths[1]) if scored else None  # the raw targets that BLEU is scored on
+    cache = expdir / "cache"
+    split = load_split(cache, name, key, refs)
+    if split is not None:
+        return split
+    writer = SplitWriter(cache, name, (len(tok.src), len(tok.tgt)))
+    dropped = [0, 0]  # empty, over-long (train only)
+    try:
+        for src_lines, tgt_lines in corpus.read_parallel_chunks(*paths, CHUNK_PAIRS):
+            src, tgt = tok.src.encode(src_lines), tok.tgt.encode(tgt_lines)
+            if not scored:
+                src, tgt = _filter_training(src_lines, tgt_lines, src, tgt, cfg.data.max_len, dropped)
+            writer.add(src, tgt)
+        pairs = len(writer.lengths["src"])
+        if not scored and dropped != [0, 0]:
+            log(f"prepare: dropped {dropped[0]} empty and {dropped[1]} over-long (> data.max_len = "
+                f"{cfg.data.max_len} pieces) training pairs")
+        if not pairs:
+            raise Seq2SeqError(f"{paths[0]}, {paths[1]}: no training pair is left after dropping {dropped[0]} "
+                               f"empty and {dropped[1]} over-long (> data.max_len = {cfg.data.max_len} pieces) ones")
+        writer.close(key)
+    except BaseException:  # bad input, a full disk, Ctrl-C: nothing half-written stays behind
+        writer.abort()
+        raise
+    log(f"prepare: encoded {name}: {pairs} pairs from {paths[0].name}, {paths[1].name}")
+    split = load_split(cache, name, key, refs)
+    if split is None:
+        raise Seq2SeqError(f"{cache}: the {name} split just written does not read back (disk full or changing?)")
     return split
 
 
-def _pack(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ids as one flat tensor + lengths: torch.load(weights_only=True) unpickles nested lists of
-    ints in pure Python, which is slower than encoding the split again."""
-    flat = torch.tensor([i for s in seqs for i in s], dtype=torch.int32)
-    return flat, torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-
-
-def _unpack(flat: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-    ids, out, start = flat.tolist(), [], 0
-    for n in lengths.tolist():
-        out.append(ids[start:start + n])
-        start += n
-    return out
-
-
-def _filter_training(src_lines, tgt_lines, src, tgt, max_len: int, log, name: str):
-    """Drop empty/whitespace-only pairs and pairs longer than max_len pieces (train only)."""
-    keep, empty, long = [], 0, 0
+def _filter_training(src_lines: list[str], tgt_lines: list[str], src: list[list[int]], tgt: list[list[int]],
+                     max_len: int, dropped: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """Drop empty/whitespace-only pairs and pairs longer than max_len pieces (train only);
+    dropped counts [empty, over-long] across chunks."""
+    keep = []
     for i, (s, t) in enumerate(zip(src_lines, tgt_lines)):
         if not s.strip() or not t.strip():
-            empty += 1
+            dropped[0] += 1
         elif len(src[i]) > max_len or len(tgt[i]) > max_len:
-            long += 1
+            dropped[1] += 1
         else:
             keep.append(i)
-    if empty or long:
-        log(f"prepare: dropped {empty} empty and {long} over-long (> data.max_len = {max_len} pieces) "
-            "training pairs")
-    if not keep:
-        raise Seq2SeqError(f"{name}: no training pair is left after dropping {empty} empty and {long} "
-                           f"over-long (> data.max_len = {max_len} pieces) ones")
-    return [src[i] for i in keep], [tgt[i] for i in keep], [tgt_lines[i] for i in keep]
+    return [src[i] for i in keep], [tgt[i] for i in keep]
 
 
 def _write_json(path: Path, obj) -> None:

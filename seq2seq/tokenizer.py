@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import random
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +19,13 @@ from seq2seq.config import TokenizerConfig
 from seq2seq.errors import Seq2SeqError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
+ENCODE_THREADS = min(2, os.cpu_count() or 1)  # SentencePiece encodes a list of lines in parallel
 
 
-def train_sentencepiece(lines: list[str], cfg: TokenizerConfig, out: Path, seed: int = 1) -> None:
-    """Train one SentencePiece model on `lines` and write it to `out` atomically."""
+def train_sentencepiece(lines: list[str], cfg: TokenizerConfig, out: Path) -> None:
+    """Train one SentencePiece model on the non-empty `lines` (all of them: the caller samples)
+    and write it to `out` atomically."""
     lines = [ln for ln in lines if ln.strip()]
-    if cfg.seed_sentences and len(lines) > cfg.seed_sentences:
-        lines = random.Random(seed).sample(lines, cfg.seed_sentences)
     buffer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -77,7 +77,7 @@ class Vocab:
         return self.sp.get_piece_size()
 
     def encode(self, lines: list[str]) -> list[list[int]]:
-        return self.sp.encode(lines, out_type=int)
+        return self.sp.encode(lines, out_type=int, num_threads=ENCODE_THREADS)
 
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)
@@ -115,13 +115,13 @@ class Tokenizers:
 
 
 def train_tokenizers(src_lines: list[str], tgt_lines: list[str], cfg: TokenizerConfig,
-                     expdir: Path, seed: int = 1) -> Tokenizers:
-    """Train joint or separate models on the training split only."""
+                     expdir: Path) -> Tokenizers:
+    """Train joint (on src_lines + tgt_lines) or separate models, from training text only."""
     for stale in ("spm.model", "spm.src.model", "spm.tgt.model"):
         (expdir / stale).unlink(missing_ok=True)
     if cfg.joint:
-        train_sentencepiece(src_lines + tgt_lines, cfg, expdir / "spm.model", seed)
+        train_sentencepiece(src_lines + tgt_lines, cfg, expdir / "spm.model")
     else:
-        train_sentencepiece(src_lines, cfg, expdir / "spm.src.model", seed)
-        train_sentencepiece(tgt_lines, cfg, expdir / "spm.tgt.model", seed)
+        train_sentencepiece(src_lines, cfg, expdir / "spm.src.model")
+        train_sentencepiece(tgt_lines, cfg, expdir / "spm.tgt.model")
     return Tokenizers.load(expdir)

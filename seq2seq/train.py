@@ -24,7 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from seq2seq import checkpoint
-from seq2seq.batching import Batch, EncodedSplit, TokenBatchSampler, collate, eval_batches
+from seq2seq.batching import Batch, Split, TokenBatchSampler, collate, eval_batches
 from seq2seq.config import Config, DecodeConfig, diff, dump_toml, from_dict, to_dict
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import Objective, Seq2Seq, build_model, summary
@@ -159,7 +159,7 @@ def valid_decode_config(cfg: Config) -> DecodeConfig:
 
 
 @torch.no_grad()
-def validate(model: Seq2Seq, split: EncodedSplit, prepared: Prepared, cfg: Config,
+def validate(model: Seq2Seq, split: Split, prepared: Prepared, cfg: Config,
              device: torch.device) -> dict:
     """Teacher-forced loss/perplexity and decoded sacreBLEU on the validation split."""
     model.eval()

@@ -57,11 +57,39 @@ def one_epoch(sampler: TokenBatchSampler) -> list[list[int]]:
     return out
 
 
+def reference_epoch_batches(sizes: list[int], budget: int, seed: int, epoch: int, rank: int = 0,
+                            world: int = 1) -> list[list[int]]:
+    """The sampler as it was written before it worked from tensors (Python lists and a Python
+    sort): the batches that published training curves were made of."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    noise = torch.rand(len(sizes), generator=g).tolist()
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], noise[i]))
+    batches = make_batches(order, sizes, budget)
+    perm = torch.randperm(len(batches), generator=g).tolist()
+    batches = [batches[p] for p in perm]
+    if world > 1:
+        total = -(-len(batches) // world) * world
+        batches = [batches[i % len(batches)] for i in range(total)][rank::world]
+    return batches
+
+
 # ---------------------------------------------------------------------------- the sampler, real data
 
 
+@pytest.mark.parametrize("budget, seed, epoch, rank, world", [(2000, 1, 0, 0, 1), (2000, 1, 3, 0, 1),
+                                                              (6000, 7, 1, 1, 2), (333, 2, 0, 0, 1)])
+def test_batches_are_those_of_the_reference_sampler(train, budget, seed, epoch, rank, world):
+    """The Multi30K recipe trains on exactly the batches it did before the sampler went to tensors."""
+    sizes = train.sizes().tolist()
+    sampler = TokenBatchSampler(train.sizes(), budget, seed=seed, rank=rank, world_size=world)
+    sampler.load_state_dict({"epoch": epoch, "position": 0})
+    expected = reference_epoch_batches(sizes, budget, seed, epoch, rank, world)
+    assert sampler.epoch_batches(epoch) == expected
+    assert one_epoch(sampler)[:50] == expected[:50]
+
+
 def test_every_example_exactly_once_per_epoch(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     sampler = TokenBatchSampler(sizes, BUDGET, seed=1)
     for epoch in range(2):
         batches = one_epoch(sampler)
@@ -70,7 +98,7 @@ def test_every_example_exactly_once_per_epoch(train):
 
 
 def test_no_batch_above_the_token_budget(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     for budget in (200, BUDGET, 5000):
         batches = TokenBatchSampler(sizes, budget, seed=3).epoch_batches(0)
         assert all(cost(b, sizes) <= budget for b in batches)
@@ -89,7 +117,7 @@ def test_collated_batches_stay_within_budget(train):
 
 
 def test_same_seed_same_batches_and_new_order_per_seed_and_epoch(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     a = TokenBatchSampler(sizes, BUDGET, seed=1)
     b = TokenBatchSampler(sizes, BUDGET, seed=1)
     c = TokenBatchSampler(sizes, BUDGET, seed=2)
@@ -105,7 +133,7 @@ def test_same_seed_same_batches_and_new_order_per_seed_and_epoch(train):
 
 
 def test_batches_are_length_bucketed(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     batches = TokenBatchSampler(sizes, BUDGET, seed=1).epoch_batches(0)
     spread = statistics.mean(max(sizes[i] for i in b) - min(sizes[i] for i in b) for b in batches)
     # Random batches of the same shapes, for comparison.
@@ -120,7 +148,7 @@ def test_batches_are_length_bucketed(train):
 
 
 def test_state_dict_resumes_mid_epoch(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     a = TokenBatchSampler(sizes, BUDGET, seed=4)
     n = len(a.epoch_batches(0))
     for _ in range(n // 2):
@@ -138,7 +166,7 @@ def test_state_dict_resumes_mid_epoch(train):
 
 
 def test_resume_continues_from_saved_state_not_from_the_start(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     a = TokenBatchSampler(sizes, BUDGET, seed=4)
     first = [a.next_batch() for _ in range(3)]
     b = TokenBatchSampler(sizes, BUDGET, seed=4)
@@ -160,7 +188,7 @@ def test_epoch_advances_right_after_the_last_batch(train):
 
 
 def test_two_ranks_share_an_epoch(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     whole = TokenBatchSampler(sizes, BUDGET, seed=1).epoch_batches(0)
     ranks = [TokenBatchSampler(sizes, BUDGET, seed=1, rank=r, world_size=2).epoch_batches(0) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == -(-len(whole) // 2)
@@ -190,7 +218,7 @@ def test_empty_training_split_is_a_user_error():
 
 
 def test_example_above_the_budget_names_batch_tokens(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     budget = max(sizes) - 1
     sampler = TokenBatchSampler(sizes, budget, seed=1)
     with pytest.raises(Seq2SeqError) as e:
@@ -200,7 +228,7 @@ def test_example_above_the_budget_names_batch_tokens(train):
 
 
 def test_budget_equal_to_the_longest_example_works(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     longest = max(sizes)
     batches = TokenBatchSampler(sizes, longest, seed=1).epoch_batches(0)
     assert all(cost(b, sizes) <= longest for b in batches)
@@ -218,7 +246,7 @@ def tiny() -> EncodedSplit:
 
 
 def test_sizes_count_the_added_token(tiny):
-    assert tiny.sizes() == [4, 5, 6, 4]
+    assert tiny.sizes().tolist() == [4, 5, 6, 4]
     assert len(tiny) == 4
 
 
@@ -310,7 +338,7 @@ def test_make_batches_packs_greedily_in_order():
 
 
 def test_eval_batches_cover_all_once_sorted_by_size(train):
-    sizes = train.sizes()
+    sizes = train.sizes().tolist()
     batches = eval_batches(sizes, BUDGET)
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(sizes)))

@@ -77,6 +77,12 @@ def test_recipe_sets_only_known_keys_with_their_own_values(recipe):
             key = prefix + k
             if key in sections:
                 walk(v, f"{key}.")
+            elif key in ("data.train", "data.valid", "data.test"):  # file paths: relative to the recipe
+                here = lambda pair: tuple(str(recipe.parent.absolute() / f) for f in pair)  # noqa: E731
+                want = {n: here(pair) for n, pair in v.items()} if key == "data.test" else here(v)
+                got = get(cfg, key)
+                assert ({n: tuple(pair) for n, pair in got.items()} if key == "data.test" else got) == want, key
+                checked += 1
             elif key != "data.data_dir" or v == "":  # a non-empty data_dir is resolved against the recipe
                 assert get(cfg, key) == (tuple(v) if isinstance(v, list) else v), key
                 checked += 1

@@ -191,6 +191,34 @@ def test_streamed_invalid_utf8_names_the_line_past_a_read_boundary(tmp_path: Pat
     assert len(replaced) == 20000 and replaced[15321] == "a \ufffd b"
 
 
+def test_parallel_chunks_are_aligned_and_checked_like_read_parallel(tmp_path: Path):
+    src = [f"s{i}" for i in range(25)]
+    tgt = [f"t{i}" for i in range(25)]
+    a = write_bytes(tmp_path / "a.gz", ("\n".join(src) + "\n").encode())
+    b = write_bytes(tmp_path / "b", ("\n".join(tgt) + "\n").encode())
+    chunks = list(corpus.read_parallel_chunks(a, b, lines=10))
+    assert [len(s) for s, _ in chunks] == [10, 10, 5]
+    assert [x for s, _ in chunks for x in s] == src and [x for _, t in chunks for x in t] == tgt
+    write_bytes(tmp_path / "b", ("\n".join(tgt[:-3]) + "\n").encode())
+    with pytest.raises(Seq2SeqError, match=f"line counts differ: {a} has 25 lines, {tmp_path / 'b'} has 22"):
+        list(corpus.read_parallel_chunks(a, b, lines=10))
+    write_bytes(tmp_path / "b", b"")
+    write_bytes(tmp_path / "a.gz", b"")
+    with pytest.raises(Seq2SeqError, match="are empty"):
+        list(corpus.read_parallel_chunks(a, b, lines=10))
+
+
+def test_sample_lines_keeps_everything_in_order_up_to_k_else_samples_by_seed(tmp_path: Path):
+    a = write_bytes(tmp_path / "a", "".join(f"a{i}\n" if i % 5 else "  \n" for i in range(1000)).encode())
+    b = write_bytes(tmp_path / "b.gz", "".join(f"b{i}\n" for i in range(1000)).encode())
+    every = [f"a{i}" for i in range(1000) if i % 5] + [f"b{i}" for i in range(1000)]
+    assert corpus.sample_lines([a, b], 1800, seed=1) == every  # 1,800 non-empty lines: all, in order
+    one, same, other = (corpus.sample_lines([a, b], 500, seed) for seed in (1, 1, 2))
+    assert one == same != other
+    assert len(one) == 500 and len(set(one)) == 500 and set(one) <= set(every)
+    assert 0.3 < sum(x.startswith("a") for x in one) / 500 < 0.6  # uniform over both files (800 vs 1000)
+
+
 def test_read_parallel_returns_both_sides(tmp_path: Path):
     src = write_bytes(tmp_path / "a.de", "eins\nzwei\n".encode())
     tgt = write_bytes(tmp_path / "a.en.gz", "one\ntwo\n".encode())

@@ -61,12 +61,14 @@ def test_writes_models_cache_and_metadata(real):
     prepared, expdir, log, _ = real
     assert (expdir / "spm.model").is_file()
     assert not (expdir / "spm.src.model").exists() and not (expdir / "spm.tgt.model").exists()
-    assert sorted(p.name for p in (expdir / "cache").iterdir()) == sorted(f"{s}.pt" for s in SPLITS)
+    assert sorted(p.name for p in (expdir / "cache").iterdir()) == sorted(
+        [f"{s}.{end}" for s in SPLITS for end in ("json", "src.ids", "src.len", "tgt.ids", "tgt.len")]
+        + ["digests.json"])
     meta = json.loads((expdir / "prepare.json").read_text())
     assert meta["checksums"] == prepared.tokenizers.checksums()
     assert meta["source"]["tokenizer"]["vocab_size"] == 1000
     assert prepared.tokenizers.joint and len(prepared.tokenizers.src) == 1000
-    assert log.has("training SentencePiece (bpe, 1000, joint) on 29000 training pairs")
+    assert log.has("training SentencePiece (bpe, 1000, joint) on 58000 training sentences")
 
 
 def test_split_sizes(real):
@@ -76,8 +78,9 @@ def test_split_sizes(real):
     assert len(prepared.splits["test_2016_flickr"]) == 1000
     assert len(prepared.splits["train"]) == 29000 - dropped(log)
     assert len(prepared.splits["train"]) > 28900
-    for split in prepared.splits.values():
-        assert len(split.src) == len(split.tgt) == len(split.refs)
+    for name, split in prepared.splits.items():
+        assert len(split.src) == len(split.tgt) == (len(split.refs) if name != "train" else len(split))
+    assert prepared.splits["train"].refs == []  # raw lines are kept only for the scored splits
 
 
 def test_files_are_the_recipe_languages(real):
@@ -99,16 +102,18 @@ def test_eval_splits_are_complete_and_refs_are_raw_targets(real, name, split):
     assert s.tgt == prepared.tokenizers.tgt.encode(en)
 
 
-def test_train_split_is_encoded_in_order(real):
+def test_train_split_is_the_whole_corpus_encoded_at_once_and_filtered(real):
+    """Streaming, chunked encoding gives exactly what encoding the whole file at once and
+    dropping empty and over-long pairs gives (what prepare did before it streamed)."""
     prepared, _, log, data_dir = real
-    en = corpus.read_lines(data_dir / "train.en.gz")
+    tok = prepared.tokenizers
+    de, en = corpus.read_lines(data_dir / "train.de.gz"), corpus.read_lines(data_dir / "train.en.gz")
+    src, tgt = tok.src.encode(de), tok.tgt.encode(en)
+    keep = [i for i in range(len(de)) if de[i].strip() and en[i].strip() and max(len(src[i]), len(tgt[i])) <= 100]
     train = prepared.splits["train"]
-    if not dropped(log):
-        assert train.refs == en
-    else:
-        assert set(train.refs) <= set(en)
-    assert train.tgt[:100] == prepared.tokenizers.tgt.encode(train.refs[:100])
-    assert max(max(len(s), len(t)) for s, t in zip(train.src, train.tgt)) <= 100  # data.max_len
+    assert len(train) == len(keep) == 29000 - dropped(log)
+    assert train.src == [src[i] for i in keep] and train.tgt == [tgt[i] for i in keep]
+    assert train.sizes().tolist() == [max(len(src[i]), len(tgt[i])) + 1 for i in keep]
 
 
 def test_second_prepare_reuses_everything(real):
@@ -123,6 +128,17 @@ def test_second_prepare_reuses_everything(real):
     for name in SPLITS:
         assert again.splits[name].src == prepared.splits[name].src
         assert again.splits[name].refs == prepared.splits[name].refs
+
+
+def test_unchanged_files_are_not_read_again(real, monkeypatch):
+    """Every training start runs prepare: over unchanged files it must not hash gigabytes again."""
+    prepared, expdir, _, data_dir = real
+    hashed = []
+    digest = corpus.file_digest
+    monkeypatch.setattr(corpus, "file_digest", lambda path: hashed.append(path) or digest(path))
+    again = prepare(config.load(RECIPE, SMALL), expdir, str(data_dir), log=Log())
+    assert hashed == []
+    assert again.splits["train"].src == prepared.splits["train"].src
 
 
 def test_settings_that_do_not_affect_data_reuse_the_cache(real, tmp_path):
@@ -162,15 +178,48 @@ def test_changing_max_len_re_encodes_train_only(real, tmp_path):
     assert len(new.splits["valid"]) == 1014  # never filtered
 
 
-def test_damaged_cache_is_rebuilt(real, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated ids", "garbage lengths", "garbage json", "missing ids"])
+def test_damaged_cache_is_rebuilt(real, tmp_path, damage):
     prepared, expdir, _, data_dir = real
     copy = shutil.copytree(expdir, tmp_path / "exp")
-    (copy / "cache" / "valid.pt").write_bytes(b"garbage")
+    cache = copy / "cache"
+    if damage == "truncated ids":
+        data = (cache / "valid.tgt.ids").read_bytes()
+        (cache / "valid.tgt.ids").write_bytes(data[:-2])
+    elif damage == "garbage lengths":  # the same size, lengths that no longer add up to the ids
+        (cache / "valid.src.len").write_bytes(bytes([255]) * (cache / "valid.src.len").stat().st_size)
+    elif damage == "garbage json":
+        (cache / "valid.json").write_bytes(b"garbage")
+    else:
+        (cache / "valid.src.ids").unlink()
     (copy / "spm.model").write_bytes(b"garbage")
     log = Log()
     new = prepare(config.load(RECIPE, SMALL), copy, str(data_dir), log=log)
     assert log.has("training SentencePiece")  # a damaged model is retrained, not trusted
+    assert log.has("encoded valid")
     assert new.splits["valid"].src == prepared.splits["valid"].src  # same data, same deterministic model
+    assert new.splits["valid"].tgt == prepared.splits["valid"].tgt
+
+
+def test_a_failed_write_leaves_no_split_behind(real, tmp_path, monkeypatch):
+    """A full disk (or any error) while a split is written: the temporary arrays go, no NAME.json
+    is written, and the next prepare builds the split again."""
+    from seq2seq import dataset
+    prepared, expdir, _, data_dir = real
+    copy = shutil.copytree(expdir, tmp_path / "exp")
+    for f in (copy / "cache").glob("test_2016_flickr.*"):
+        f.unlink()
+
+    def full_disk(self, src, tgt):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dataset.SplitWriter, "add", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        prepare(config.load(RECIPE, SMALL), copy, str(data_dir), log=Log())
+    assert sorted(f.name for f in (copy / "cache").iterdir() if "test_2016" in f.name) == []
+    monkeypatch.undo()
+    again = prepare(config.load(RECIPE, SMALL), copy, str(data_dir), log=Log())
+    assert again.splits["test_2016_flickr"].src == prepared.splits["test_2016_flickr"].src
 
 
 def test_split_files_for_other_languages(multi30k_dir):
@@ -241,7 +290,7 @@ def test_user_files_drop_empty_and_long_pairs_from_train_only(user_files, tmp_pa
     p = prepare(config.load(user_files / "files.toml"), tmp_path / "exp", log=log)
     assert log.has("dropped 3 empty and 2 over-long (> data.max_len = 30 pieces) training pairs")
     keep = [i for i in range(len(train_src)) if i not in bad]
-    assert p.splits["train"].refs == [train_tgt[i] for i in keep]
+    assert p.splits["train"].tgt == p.tokenizers.tgt.encode([train_tgt[i] for i in keep])
     assert p.splits["train"].src == p.tokenizers.src.encode([train_src[i] for i in keep])
     # valid and test keep every line, in order, empty and long ones included
     assert p.splits["valid"].refs == valid_tgt
@@ -255,7 +304,8 @@ def test_clean_user_files_drop_nothing(user_files, tmp_path):
     log = Log()
     p = prepare(config.load(user_files / "files.toml"), tmp_path / "exp", log=log)
     assert not log.has("dropped")
-    assert len(p.splits["train"]) == 300 and p.splits["train"].refs == corpus.read_lines(user_files / "train.tgt")
+    assert len(p.splits["train"]) == 300
+    assert p.splits["train"].tgt == p.tokenizers.tgt.encode(corpus.read_lines(user_files / "train.tgt"))
 
 
 def test_gz_user_files_work_like_plain_ones(user_files, tmp_path):
@@ -292,7 +342,7 @@ def test_edited_training_file_retrains(user_files, tmp_path):
     log = Log()
     p = prepare(config.load(recipe), tmp_path / "exp", log=log)
     assert log.has("training SentencePiece") and log.has("encoded train")
-    assert p.splits["train"].refs[0] == "aa bb cc"
+    assert p.tokenizers.tgt.decode([p.splits["train"].tgt[0]]) == ["aa bb cc"]
 
 
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
@@ -351,7 +401,7 @@ def test_cli_prepare(multi30k_dir, tmp_path):
     assert "valid: 1014 pairs" in r.stdout and "test_2016_flickr: 1000 pairs" in r.stdout
     assert re.search(r"^train: \d+ pairs$", r.stdout, re.M)
     assert "vocab: source 1000, target 1000 (joint)" in r.stdout
-    assert (out / "spm.model").is_file() and (out / "cache" / "train.pt").is_file()
+    assert (out / "spm.model").is_file() and (out / "cache" / "train.json").is_file()
     assert not (tmp_path / "data").exists()  # nothing downloaded into the working directory
 
 

@@ -174,16 +174,6 @@ def test_training_is_deterministic(text, tmp_path):
     assert a.src.data == b.src.data
 
 
-def test_seed_sentences_samples_by_seed(text, tmp_path):
-    lines = text["train.de"][:3000]
-    cfg = TokenizerConfig(type="bpe", vocab_size=300, seed_sentences=500)
-    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        train_sentencepiece(lines, cfg, tmp_path / f"{name}.model", seed)
-    data = {n: (tmp_path / f"{n}.model").read_bytes() for n in "abc"}
-    assert data["a"] == data["b"]
-    assert data["a"] != data["c"]
-
-
 def test_type_setting_is_used(text, tmp_path):
     """BPE scores pieces by merge rank (whole numbers); unigram by log-probability."""
     lines = text["train.en"][:1000]

@@ -1,0 +1,176 @@
+"""Encoded splits on disk: flat arrays of piece ids, mapped into memory (fairseq's layout).
+
+A split NAME in a cache directory is five files:
+
+    NAME.src.ids  NAME.tgt.ids   every sentence's piece ids, one after another
+                                 (uint16 when the vocabulary fits, else int32)
+    NAME.src.len  NAME.tgt.len   each sentence's length (uint8, uint16 or int32: the
+                                 smallest that holds the longest sentence)
+    NAME.json                    the key it was built from, counts and dtypes; written last
+
+Training maps the id files (`mmap`) instead of reading them: start-up does not grow with the
+corpus, nothing is copied into Python lists, and processes on one machine (DDP ranks) share
+the page cache. Only the lengths are read, and turned into offsets (8 bytes a sentence).
+
+A cache is used only if NAME.json names the same key and the files have exactly the sizes it
+states, with lengths that add up to the ids; anything else is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from seq2seq.checkpoint import atomic_write_bytes
+
+ID_TYPES = {"uint16": ("H", torch.uint16), "int32": ("i", torch.int32)}
+LEN_TYPES = {"uint8": ("B", torch.uint8), "uint16": ("H", torch.uint16), "int32": ("i", torch.int32)}
+SIDES = ("src", "tgt")
+
+
+def id_type(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 1 << 16 else "int32"
+
+
+def len_type(longest: int) -> str:
+    return "uint8" if longest < 1 << 8 else "uint16" if longest < 1 << 16 else "int32"
+
+
+class Column(Sequence):
+    """One side of a split: sentence i is ids[offsets[i]:offsets[i + 1]] as a list of ints."""
+
+    def __init__(self, ids: Tensor, lengths: Tensor):
+        self.ids, self.lengths = ids, lengths                           # (tokens,), (n,)
+        self.offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)  # (n + 1,)
+        torch.cumsum(lengths.to(torch.int64), 0, out=self.offsets[1:])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        yield from (t.tolist() for t in torch.split(self.ids, self.lengths.tolist()))
+
+    def __eq__(self, other) -> bool:  # as a list of lists: a column equals the lists it was written from
+        return isinstance(other, (Column, list)) and len(self) == len(other) and list(self) == list(other)
+
+    __hash__ = None
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        start, end = self.offsets[i].item(), self.offsets[i + 1].item()
+        return self.ids[start:end].tolist()
+
+
+@dataclass
+class MappedSplit:
+    """An encoded split backed by the arrays above; `refs` are the raw target lines of a split
+    that is scored (empty for train). Offers what `EncodedSplit` offers."""
+
+    name: str
+    src: Column
+    tgt: Column
+    refs: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def sizes(self) -> Tensor:
+        """(n,) int64: max(len(src), len(tgt)) + 1 per pair, what a batch's budget counts."""
+        return torch.maximum(self.src.lengths.to(torch.int64), self.tgt.lengths.to(torch.int64)) + 1
+
+
+class SplitWriter:
+    """Append encoded pairs chunk by chunk; `close()` makes the split visible, all at once.
+
+    The arrays go to temporary files beside their final names and are renamed into place
+    only when complete; NAME.json comes last. A run killed half-way leaves the old split
+    or no split, and a stale NAME.json never matches arrays of another size."""
+
+    def __init__(self, directory: Path, name: str, vocab_sizes: tuple[int, int]):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.name = directory, name
+        (directory / f"{name}.json").unlink(missing_ok=True)  # the old split is gone from here on
+        self.id_types = [id_type(v) for v in vocab_sizes]
+        self.tmp = {side: {kind: directory / f".{name}.{side}.{kind}.tmp{os.getpid()}" for kind in ("ids", "len")}
+                    for side in SIDES}
+        self.files = {side: {kind: open(path, "wb") for kind, path in paths.items()} for side, paths in self.tmp.items()}
+        self.lengths = {side: array("i") for side in SIDES}
+        self.tokens = {side: 0 for side in SIDES}
+
+    def add(self, src: list[list[int]], tgt: list[list[int]]) -> None:
+        for side, seqs, typ in zip(SIDES, (src, tgt), self.id_types):
+            ids = array(ID_TYPES[typ][0])
+            for s in seqs:
+                ids.extend(s)
+            self.files[side]["ids"].write(ids.tobytes())
+            self.lengths[side].extend(map(len, seqs))
+            self.tokens[side] += len(ids)
+
+    def close(self, key: str) -> None:
+        meta = {"key": key, "pairs": len(self.lengths["src"])}
+        for side, typ in zip(SIDES, self.id_types):
+            lengths = self.lengths[side]
+            ltyp = len_type(max(lengths, default=0))
+            self.files[side]["len"].write(array(LEN_TYPES[ltyp][0], lengths).tobytes())
+            meta[side] = {"tokens": self.tokens[side], "ids": typ, "lengths": ltyp}
+        for side in SIDES:
+            for kind, f in self.files[side].items():
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+                os.replace(self.tmp[side][kind], self.directory / f"{self.name}.{side}.{kind}")
+        atomic_write_bytes(self.directory / f"{self.name}.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+    def abort(self) -> None:
+        for side in SIDES:
+            for kind, f in self.files[side].items():
+                f.close()
+                self.tmp[side][kind].unlink(missing_ok=True)
+
+
+def load_split(directory: Path, name: str, key: str, refs: list[str] | None = None) -> MappedSplit | None:
+    """The split if its cache is complete and was built from `key`, else None."""
+    try:
+        meta = json.loads((directory / f"{name}.json").read_text())
+        if meta.get("key") != key:
+            return None
+        columns = [_column(directory / f"{name}.{side}", meta["pairs"], meta[side]) for side in SIDES]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if any(c is None for c in columns):
+        return None
+    return MappedSplit(name, columns[0], columns[1], refs or [])
+
+
+def _column(prefix: Path, pairs: int, meta: dict) -> Column | None:
+    ids_path, len_path = prefix.with_name(prefix.name + ".ids"), prefix.with_name(prefix.name + ".len")
+    _, id_dtype = ID_TYPES[meta["ids"]]
+    _, len_dtype = LEN_TYPES[meta["lengths"]]
+    if (ids_path.stat().st_size != meta["tokens"] * id_dtype.itemsize
+            or len_path.stat().st_size != pairs * len_dtype.itemsize):
+        return None
+    lengths = torch.frombuffer(bytearray(len_path.read_bytes()), dtype=len_dtype) if pairs else \
+        torch.zeros(0, dtype=len_dtype)
+    if int(lengths.to(torch.int64).sum()) != meta["tokens"]:
+        return None
+    return Column(_map(ids_path, id_dtype), lengths)
+
+
+def _map(path: Path, dtype: torch.dtype) -> Tensor:
+    """The file's contents as a 1-D tensor backed by a private mapping (copy-on-write, so
+    torch may treat it as writable; the file is never changed)."""
+    if path.stat().st_size == 0:
+        return torch.zeros(0, dtype=dtype)
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    mapped.madvise(mmap.MADV_RANDOM)  # batches read scattered sentences: no read-ahead
+    return torch.frombuffer(mapped, dtype=dtype)
