@@ -131,7 +131,8 @@ class TokenBatchSampler:
                  rank: int = 0, world_size: int = 1):
         if len(sizes) == 0:
             raise Seq2SeqError("the training split is empty after filtering")
-        self.sizes = torch.as_tensor(sizes).to(torch.int32)  # (n,)
+        sizes = torch.as_tensor(sizes)
+        self.sizes = sizes.to(torch.int16 if int(sizes.max()) < 1 << 15 else torch.int32)  # (n,)
         self.batch_tokens, self.seed = batch_tokens, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.position = 0, 0
@@ -140,12 +141,20 @@ class TokenBatchSampler:
     def _epoch(self, epoch: int) -> tuple[Tensor, list[tuple[int, int]]]:
         """This rank's batches of an epoch: (order (n,) int32, [(start, end)] into order)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        noise = torch.rand(len(self.sizes), generator=g)  # (n,)
-        # Sort by size with random tie-breaking: buckets of equal length, new each epoch.
-        # Two stable sorts: by noise, then by size; equal (size, noise) keep index order.
-        order = torch.sort(noise, stable=True).indices
-        order = order[torch.sort(self.sizes[order], stable=True).indices].to(torch.int32)
-        bounds = sorted_batches(self.sizes[order], self.batch_tokens)
+        # Sort by size with random tie-breaking: buckets of equal length, new each epoch. Sizes
+        # are few distinct values: each size's examples (in index order) sorted stably by noise,
+        # one bucket at a time. torch.rand's floats are multiples of 2^-24, so as integers they
+        # sort alike (and faster). The order is (size, noise, index).
+        keys = (torch.rand(len(self.sizes), generator=g) * (1 << 24)).to(torch.int32)  # (n,) exact
+        counts = torch.bincount(self.sizes)                   # (max size + 1,)
+        values = counts.nonzero().squeeze(1).tolist()        # the sizes present, ascending
+        counts = counts[values].tolist()
+        order, start = torch.empty(len(self.sizes), dtype=torch.int32), 0
+        for v, c in zip(values, counts):
+            members = (self.sizes == v).nonzero().squeeze(1)  # (c,) ascending indices
+            order[start:start + c] = members[torch.sort(keys[members], stable=True).indices]
+            start += c
+        bounds = run_batches(values, counts, self.batch_tokens)
         perm = torch.randperm(len(bounds), generator=g).tolist()
         bounds = [bounds[p] for p in perm]
         if self.world_size > 1:  # wrap around (cyclically: there may be fewer batches than ranks)
@@ -177,21 +186,25 @@ class TokenBatchSampler:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def sorted_batches(sizes: Tensor, batch_tokens: int) -> list[tuple[int, int]]:
-    """make_batches for sizes (n,) already in non-decreasing order, one step per batch instead of
-    per example: with sizes sorted, a batch from p holds the most k examples with
-    k * sizes[p + k - 1] <= budget. Returns [(start, end)] positions, the same batches."""
-    n = len(sizes)
-    if int(sizes[-1]) > batch_tokens:
-        raise Seq2SeqError(f"an example of {int(sizes[-1])} tokens exceeds the batch budget of {batch_tokens} "
+def run_batches(values: list[int], counts: list[int], batch_tokens: int) -> list[tuple[int, int]]:
+    """make_batches for examples sorted by size, given as runs (counts[r] examples of size
+    values[r], values ascending), without a step per example: a batch with k examples takes
+    examples of size v while k + 1 <= budget // v. Returns [(start, end)] positions in the
+    sorted order: the same batches as make_batches."""
+    if values and values[-1] > batch_tokens:
+        raise Seq2SeqError(f"an example of {values[-1]} tokens exceeds the batch budget of {batch_tokens} "
                            "tokens; raise train.batch_tokens or lower data.max_len")
-    bounds, p = [], 0
-    while p < n:
-        window = sizes[p:p + batch_tokens // int(sizes[p])].to(torch.int64)  # (w,) the most that could fit
-        fits = torch.arange(1, len(window) + 1) * window <= batch_tokens   # (w,) True, then False
-        k = int(fits.sum())
-        bounds.append((p, p + k))
-        p += k
+    bounds, start, run, used = [], 0, 0, 0  # used: examples of run `run` already in batches
+    while run < len(values):
+        k = 0
+        while run < len(values) and (room := batch_tokens // values[run] - k) > 0:
+            take = min(room, counts[run] - used)
+            k, used = k + take, used + take
+            if used < counts[run]:
+                break  # the batch is full
+            run, used = run + 1, 0
+        bounds.append((start, start + k))
+        start += k
     return bounds
 
 

@@ -51,7 +51,7 @@ class TokenizerConfig:
     joint: bool = _opt(True, help="one model for source and target")
     character_coverage: float = _opt(1.0, gt=0.0, le=1.0)
     seed_sentences: int = _opt(0, ge=0, help="sentences SentencePiece trains on, a uniform sample drawn while "
-                               "reading (seeded by train.seed); 0 = all, up to 1,000,000 (a sample above)")
+                               "reading (seeded by train.seed); 0 = all, up to 500,000 (a sample above)")
 
 
 @dataclass(frozen=True)

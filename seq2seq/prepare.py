@@ -31,7 +31,7 @@ from seq2seq.tokenizer import Tokenizers, train_tokenizers
 CHUNK_PAIRS = 20_000
 # tokenizer.seed_sentences = 0: every training sentence while there are at most this many
 # (per model: source and target together for a joint one), else a uniform sample of this many.
-SAMPLE_SENTENCES = 1_000_000
+SAMPLE_SENTENCES = 500_000
 _SAMPLE_SEED = 1  # the automatic sample's; an explicit seed_sentences sample uses train.seed
 
 

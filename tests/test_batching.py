@@ -73,6 +73,19 @@ def reference_epoch_batches(sizes: list[int], budget: int, seed: int, epoch: int
     return batches
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_run_batches_are_the_greedy_batches(seed):
+    """One step per run of equal sizes gives what packing example by example gives."""
+    from seq2seq.batching import run_batches
+    rng = random.Random(seed)
+    budget = rng.choice([1, 7, 50, 333, 2000])
+    sizes = sorted(rng.randint(1, min(budget, rng.choice([3, 40, 200]))) for _ in range(rng.randint(1, 3000)))
+    expected = make_batches(list(range(len(sizes))), sizes, budget)
+    values, counts = torch.unique_consecutive(torch.tensor(sizes), return_counts=True)
+    got = run_batches(values.tolist(), counts.tolist(), budget)
+    assert [list(range(a, b)) for a, b in got] == expected
+
+
 # ---------------------------------------------------------------------------- the sampler, real data
 
 

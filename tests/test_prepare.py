@@ -383,6 +383,23 @@ def test_training_split_with_no_usable_pair_is_an_error(user_files, tmp_path):
         prepare(config.load(user_files / "files.toml"), tmp_path / "exp", log=Log())
 
 
+def test_invalid_utf8_deep_in_a_large_training_file_names_the_line_and_caches_nothing(user_files, tmp_path):
+    """Line 50,001 of a 60,000-line file: past the first chunks of the stream, still one line
+    naming file and line, and no array of the split is left behind."""
+    lines = [f"ab cd {i % 97}" for i in range(60_000)]
+    write_lines(user_files / "train.tgt", lines)
+    data = (user_files / "train.src")
+    write_lines(data, lines)
+    raw = data.read_bytes().split(b"\n")
+    raw[50_000] = b"ab \xff cd"
+    data.write_bytes(b"\n".join(raw))
+    expdir = tmp_path / "exp"
+    with pytest.raises(Seq2SeqError) as e:
+        prepare(config.load(user_files / "files.toml"), expdir, log=Log())
+    assert str(e.value) == f"{data}:50001: invalid UTF-8 (byte 0xff at column 4)"
+    assert not (expdir / "cache").exists() or not any(f.name.startswith("train") for f in (expdir / "cache").iterdir())
+
+
 def test_missing_user_file_is_named(user_files, tmp_path):
     (user_files / "valid.src").unlink()
     with pytest.raises(Seq2SeqError, match=re.escape(str(user_files / "valid.src"))):
