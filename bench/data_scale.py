@@ -16,7 +16,7 @@ larger corpus has more of the rare long pairs), every command in its own process
   cache            bytes of the training split's arrays per token (source + target pieces)
   train            50 steps: seconds from the process start to the first step done, peak RSS
   torchrun         (largest size) two ranks on CPU (gloo): the ranks' summed PSS, against one
-                   process's PSS (shared pages of the mapped arrays count once in PSS)
+                   process's PSS (the corpus sits once in the page cache, shared by the ranks)
 
 --quick runs the first two sizes (about 3 minutes on 2 cores). Last line:
 prepare_rss_gib=<largest> prepare_vs_spm=<ratio> train_rss_ratio=<largest/smallest> first_step_s=<largest>
@@ -217,7 +217,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the first two sizes only")
     ap.add_argument("--sizes", type=int, nargs="+", default=[29_000, 290_000, 2_900_000])
     ap.add_argument("--data-dir", default=os.environ.get("SEQ2SEQ_DATA_DIR", "data/multi30k"))
-    ap.add_argument("--work", default=str(ROOT / "bench/results/work/data_scale"))
+    ap.add_argument("--work", default=str(ROOT / "bench/results/data_scale"))
     args = ap.parse_args()
     sizes = args.sizes[:2] if args.quick else args.sizes
     work = Path(args.work)

@@ -23,7 +23,7 @@ from seq2seq.tokenizer import BOS, EOS, PAD
 
 class Split(Protocol):
     """What batching and validation read from an encoded split: EncodedSplit (lists, for small
-    data and tests) or dataset.MappedSplit (arrays mapped from prepare's cache)."""
+    data and tests) or dataset.CachedSplit (prepare's arrays on disk)."""
 
     name: str
     src: Sequence[list[int]]

@@ -100,7 +100,8 @@ def build_parser() -> Parser:
 
     s = sub.add_parser("average", help="average the weights of several checkpoints")
     s.add_argument("inputs", nargs="+", help="checkpoint files, or one experiment directory with --last")
-    s.add_argument("--last", type=positive_int, help="average the newest N step checkpoints of the experiment directory")
+    s.add_argument("--last", type=positive_int,
+                   help="average the newest N step checkpoints of the experiment directory")
     s.add_argument("-o", "--output", required=True)
     return p
 

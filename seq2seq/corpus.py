@@ -58,13 +58,11 @@ def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str]
     A count mismatch means the sentence pairing is wrong everywhere after the first
     missing line, so it must stop training rather than be truncated away.
     """
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise Seq2SeqError(
-            f"line counts differ: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)}"
-        )
-    if not src:  # nothing to train on, validate or score: say so now, not steps later
-        raise Seq2SeqError(f"{src_path} and {tgt_path} are empty (no lines)")
+    src: list[str] = []
+    tgt: list[str] = []
+    for src_chunk, tgt_chunk in read_parallel_chunks(src_path, tgt_path):
+        src += src_chunk
+        tgt += tgt_chunk
     return src, tgt
 
 
@@ -155,9 +153,10 @@ def read_line_chunks(f: BinaryIO, max_lines: int, name: str, errors: str = "stri
 
 def read_parallel_chunks(src_path: str | Path, tgt_path: str | Path,
                          lines: int = 10_000) -> Iterator[tuple[list[str], list[str]]]:
-    """Stream a source/target file pair as aligned chunks of `lines` pairs, with the checks of
-    `read_parallel` (same line rules, equal counts, not empty) and never the whole file in memory.
-    A count mismatch is found at the end of the shorter file and reports both counts."""
+    """Stream a source/target file pair as aligned chunks of `lines` pairs, never the whole file
+    in memory, with `read_lines`' line rules. A count mismatch (found at the end of the shorter
+    file, reporting both counts) and an empty pair are errors: nothing to train on, validate or
+    score, said now rather than steps later."""
     with open_binary(src_path) as fs, open_binary(tgt_path) as ft:
         src_chunks = read_line_chunks(fs, lines, str(src_path))
         tgt_chunks = read_line_chunks(ft, lines, str(tgt_path))

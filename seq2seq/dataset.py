@@ -11,8 +11,9 @@ A split NAME in a cache directory is five files:
 Training never loads the id files: a batch reads its sentences with `pread`, so start-up does
 not grow with the corpus, nothing is copied into Python lists, and processes on one machine
 (DDP ranks) share the page cache. Only the lengths are read (1 byte a sentence for sentences
-under 256 pieces), with the start of every 64th sentence. (Mapping the files with `mmap` instead cost resident memory: the kernel maps up
-to 64 KB around every page a sentence touches, about 8 MB a training step at 2.9M pairs.)
+under 256 pieces), with the start of every 64th sentence. Mapping the files with `mmap` instead
+cost resident memory: the kernel maps up to 64 KB around every page a sentence touches, about
+8 MB a training step at 2.9M pairs.
 
 A cache is used only if NAME.json names the same key and the files have exactly the sizes it
 states, with lengths that add up to the ids; anything else is rebuilt, never trusted.
@@ -49,8 +50,8 @@ def len_type(longest: int) -> str:
 
 
 class Column(Sequence):
-    """One side of a split: sentence i is ids[offsets[i]:offsets[i + 1]] of the ids file, read
-    with pread when asked for (the page cache keeps what is hot, shared by every process)."""
+    """One side of a split, sentence i read from the ids file with pread when asked for (the
+    page cache keeps what is hot, shared by every process)."""
 
     def __init__(self, path: Path, id_type: str, lengths: Tensor):
         self.path, self.lengths = path, lengths                         # lengths (n,)
@@ -94,9 +95,9 @@ class Column(Sequence):
 
 
 @dataclass
-class MappedSplit:
-    """An encoded split backed by the arrays above; `refs` are the raw target lines of a split
-    that is scored (empty for train). Offers what `EncodedSplit` offers."""
+class CachedSplit:
+    """An encoded split in prepare's cache (the files above); `refs` are the raw target lines
+    of a split that is scored (empty for train). Offers what `EncodedSplit` offers."""
 
     name: str
     src: Column
@@ -125,7 +126,8 @@ class SplitWriter:
         self.id_types = [id_type(v) for v in vocab_sizes]
         self.tmp = {side: {kind: directory / f".{name}.{side}.{kind}.tmp{os.getpid()}" for kind in ("ids", "len")}
                     for side in SIDES}
-        self.files = {side: {kind: open(path, "wb") for kind, path in paths.items()} for side, paths in self.tmp.items()}
+        self.files = {side: {kind: open(path, "wb") for kind, path in paths.items()}
+                      for side, paths in self.tmp.items()}
         self.lengths = {side: array("i") for side in SIDES}
         self.tokens = {side: 0 for side in SIDES}
 
@@ -160,7 +162,7 @@ class SplitWriter:
                 self.tmp[side][kind].unlink(missing_ok=True)
 
 
-def load_split(directory: Path, name: str, key: str, refs: list[str] | None = None) -> MappedSplit | None:
+def load_split(directory: Path, name: str, key: str, refs: list[str] | None = None) -> CachedSplit | None:
     """The split if its cache is complete and was built from `key`, else None."""
     try:
         meta = json.loads((directory / f"{name}.json").read_text())
@@ -171,7 +173,7 @@ def load_split(directory: Path, name: str, key: str, refs: list[str] | None = No
         return None
     if any(c is None for c in columns):
         return None
-    return MappedSplit(name, columns[0], columns[1], refs or [])
+    return CachedSplit(name, columns[0], columns[1], refs or [])
 
 
 def _column(prefix: Path, pairs: int, meta: dict) -> Column | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from seq2seq import corpus
 from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import Config, to_dict
-from seq2seq.dataset import MappedSplit, SplitWriter, load_split
+from seq2seq.dataset import CachedSplit, SplitWriter, load_split
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import Tokenizers, train_tokenizers
 
@@ -38,7 +38,7 @@ _SAMPLE_SEED = 1  # the automatic sample's; an explicit seed_sentences sample us
 @dataclass
 class Prepared:
     tokenizers: Tokenizers
-    splits: dict[str, MappedSplit]       # "train", "valid", then the test names
+    splits: dict[str, CachedSplit]       # "train", "valid", then the test names
     files: dict[str, tuple[Path, Path]]  # the raw (src, tgt) files of each split
 
 
@@ -141,7 +141,7 @@ def _tokenizers(cfg: Config, expdir: Path, train_files: tuple[Path, Path], diges
 
 
 def _encoded(cfg: Config, expdir: Path, name: str, paths: tuple[Path, Path],
-             tok: Tokenizers, digest, log) -> MappedSplit:
+             tok: Tokenizers, digest, log) -> CachedSplit:
     scored = name != "train"
     key = hashlib.sha256(json.dumps({
         "files": [digest(p) for p in paths], "tok": tok.checksums(),
