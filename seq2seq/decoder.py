@@ -72,7 +72,7 @@ class Decoder(nn.Module):
         self.cfg = cfg
         self.embed = embedding
         self.dropout = nn.Dropout(cfg.dropout)
-        rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
+        rnn = StepLSTM if cfg.cell == "lstm" else StepGRU
         E, H = cfg.embedding, cfg.hidden
         sizes = [E + (H if cfg.attention_feed == "input_feed" else 0)]
         sizes += [H + (memory_size if cfg.attention_feed == "gnmt" else 0)] * (cfg.layers - 1)
@@ -150,3 +150,27 @@ class Decoder(nn.Module):
             torch.cat(hs, 0), None if state.cell is None else torch.cat(cs, 0),
             o[:, -1] if cfg.attention_feed == "input_feed" else None)
         return o, new_state, attn
+
+
+
+class StepLSTM(nn.LSTM):
+    """nn.LSTM (one layer, batch first) that computes a single step with the LSTM cell kernel.
+    Same weights and formulas; at one step the sequence kernel pays a fixed cost per call, and on
+    CPU the cell kernel is about 2x faster at beam-search batch sizes (160 rows, 4 layers)."""
+
+    def forward(self, x: Tensor, hx: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if x.size(1) != 1:
+            return super().forward(x, hx)
+        h, c = torch.lstm_cell(x[:, 0], (hx[0][0], hx[1][0]), self.weight_ih_l0, self.weight_hh_l0,
+                               self.bias_ih_l0, self.bias_hh_l0)                 # (B, H) each
+        return h[:, None], (h[None], c[None])
+
+
+class StepGRU(nn.GRU):
+    """nn.GRU (one layer, batch first) that computes a single step with the GRU cell kernel."""
+
+    def forward(self, x: Tensor, hx: Tensor) -> tuple[Tensor, Tensor]:
+        if x.size(1) != 1:
+            return super().forward(x, hx)
+        h = torch.gru_cell(x[:, 0], hx[0], self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
+        return h[:, None], h[None]
