@@ -98,6 +98,24 @@ def build_parser() -> Parser:
     s.add_argument("--json", action="store_true", help="print the raw matrix and subwords as JSON instead")
     _decode_options(s)
 
+    s = sub.add_parser("serve", help="serve translations over HTTP, with a web page (needs seq2seq[serve])")
+    s.add_argument("model", nargs="+", help="experiment directory or checkpoint file; several make an ensemble")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    s.add_argument("--threads", type=positive_int, help="torch threads for decoding (default: torch's)")
+    s.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="request body limit (default 1 MiB)")
+    s.add_argument("--max-lines", type=positive_int, default=256, help="lines per request (default 256)")
+    s.add_argument("--max-line-chars", type=positive_int, default=5000, help="characters per line (default 5000)")
+    s.add_argument("--max-beam", type=positive_int, default=16, help="largest beam a request may ask for")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds per request before a 503 (default 30)")
+    s.add_argument("--max-queue-lines", type=positive_int, default=4096,
+                   help="lines waiting to be decoded before requests get 503 + Retry-After (default 4096)")
+    s.add_argument("--max-batch-lines", type=positive_int, default=256, help="lines decoded together at most")
+    s.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a request that finds the server idle waits for companions (default 5)")
+    s.add_argument("--access-log", action="store_true", help="log every request (rejected ones always are)")
+
     s = sub.add_parser("average", help="average the weights of several checkpoints")
     s.add_argument("inputs", nargs="+", help="checkpoint files, or one experiment directory with --last")
     s.add_argument("--last", type=positive_int,
@@ -291,6 +309,24 @@ def cmd_attention(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    if not 0 <= args.port <= 65535:
+        raise Seq2SeqError(f"--port must be from 0 to 65535, got {args.port}")
+    if not args.timeout > 0:
+        raise Seq2SeqError(f"--timeout must be > 0, got {args.timeout:g}")
+    if not args.max_wait_ms >= 0:
+        raise Seq2SeqError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms:g}")
+    try:
+        from seq2seq import serve
+    except ModuleNotFoundError as e:
+        raise Seq2SeqError(f"seq2seq serve needs {e.name}: pip install 'seq2seq[serve]'") from None
+    limits = serve.Limits(args.max_body_bytes, args.max_lines, args.max_line_chars, args.max_beam, args.timeout,
+                          args.max_queue_lines, args.max_batch_lines, args.max_wait_ms)
+    serve.serve(lambda: serve.Translator.load(args.model, args.device), args.host, args.port, limits, args.threads,
+                args.access_log)
+    return 0
+
+
 def cmd_average(args) -> int:
     from seq2seq import checkpoint
     if args.last is not None:
@@ -308,7 +344,7 @@ def cmd_average(args) -> int:
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "translate": cmd_translate,
             "score": cmd_score, "evaluate": cmd_evaluate, "tune": cmd_tune, "plot": cmd_plot,
-            "attention": cmd_attention, "average": cmd_average}
+            "attention": cmd_attention, "average": cmd_average, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,10 +2,15 @@
 the reverse-task model that most decoding tests use. Test modules import helpers from here,
 never from each other."""
 
+import http.client
+import json
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "seq2seq.cli"]
 
 
-@pytest.fixture
-def multi30k_dir() -> Path:
+def multi30k_path() -> Path:
     """The directory with the real Multi30K .gz files, from $SEQ2SEQ_DATA_DIR.
 
     Missing data skips the test on a developer machine but fails it in CI (CI=true),
@@ -28,21 +32,31 @@ def multi30k_dir() -> Path:
     """
     value = os.environ.get("SEQ2SEQ_DATA_DIR")
     if not value:
-        message = "SEQ2SEQ_DATA_DIR is not set; point it at a directory with the Multi30K .gz files"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_unless_ci("SEQ2SEQ_DATA_DIR is not set; point it at a directory with the Multi30K .gz files")
     data_dir = Path(value)
     if not data_dir.is_dir():
         pytest.fail(f"SEQ2SEQ_DATA_DIR={value} is not a directory")
     return data_dir
 
 
+@pytest.fixture
+def multi30k_dir() -> Path:
+    return multi30k_path()
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip with `reason` on a developer machine; fail under CI=true, where everything the
+    suite needs is installed and a skip would hide a broken set-up."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: every test must run)")
+    pytest.skip(reason)
+
+
 # ---------------------------------------------------------------- slow tests
 
 # Fixtures that train a model (tens of seconds): every test that uses one is marked slow, as are
 # (explicitly) the tests that start a training or a model-loading CLI in a subprocess.
-TRAINING_FIXTURES = {"reverse_model", "overfit_run", "straight_run"}
+TRAINING_FIXTURES = {"reverse_model", "overfit_run", "straight_run", "server", "multi30k_model"}
 
 
 def pytest_collection_modifyitems(items):
@@ -129,6 +143,54 @@ def tgt_batch():
     tgt_in = torch.cat([torch.full((4, 1), BOS), ids], 1)[:, :-1]
     tgt_in[~mask] = PAD
     return tgt_in, mask
+
+
+# ---------------------------------------------------------------- the server
+
+
+class Server:
+    """`seq2seq serve MODEL ARGS...` on 127.0.0.1, on a port the OS chose."""
+
+    def __init__(self, model: Path, *args, log: Path):
+        self.log_path = log
+        self.log_file = open(log, "wb")
+        self.proc = subprocess.Popen([*CLI, "serve", str(model), "--port", "0", *map(str, args)],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT, env=cli_env())
+        deadline = time.monotonic() + 120
+        while not (m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", self.log())):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start:\n{self.log()}")
+            time.sleep(0.1)
+        self.port = int(m.group(1))
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None,
+                timeout: float = 60) -> tuple[int, dict, dict | str]:
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+        finally:
+            conn.close()
+        kind = r.getheader("content-type", "")
+        return r.status, dict(r.getheaders()), json.loads(data) if "json" in kind else data.decode()
+
+    def translate(self, body) -> tuple[int, dict | str]:
+        status, _, data = self.request("POST", "/translate", body)
+        return status, data
+
+    def stop(self, sig: signal.Signals | None = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send `sig` (None: it was sent already) and wait for the exit status."""
+        if sig is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        self.log_file.close()
+        return rc
 
 
 # ---------------------------------------------------------------- a tiny trained model

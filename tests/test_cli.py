@@ -24,7 +24,7 @@ from seq2seq import corpus
 from seq2seq.translate import Translator
 
 CONSOLE = [str(Path(sys.executable).parent / "seq2seq")]
-SUBCOMMANDS = ["prepare", "train", "translate", "score", "evaluate", "tune"]
+SUBCOMMANDS = ["prepare", "train", "translate", "score", "evaluate", "tune", "serve"]
 
 
 def run(args: list, stdin: bytes = b"", cmd: list[str] = CLI, cwd: Path | None = None):

@@ -1,0 +1,234 @@
+"""`seq2seq serve` under load: throughput and latency at 1, 8, 32 and 128 concurrent clients, against
+offline batched `translate` of the same sentences in one process; every answer checked.
+
+    python bench/serve_load.py [--quick] [--model exp/multi30k_de_en_cpu] [--soak-minutes 10]
+
+1. Offline: `Translator.translate` of the test_2016_flickr source sentences in one call (the
+   `translate` command's path), timed; its outputs are the expected answer of every request.
+2. A `seq2seq serve` process on 127.0.0.1 (port chosen by the OS) with the same model and threads.
+3. For each client count, that many clients on keep-alive connections send the sentences one per
+   request until each has been sent once; each answer is checked: HTTP 200, one translation,
+   equal to the offline output of its sentence. Lost = no 200 answer; duplicated = a sentence
+   answered twice; mismatched = an answer that differs from the offline output.
+4. Soak (skipped with --quick): 32 clients cycling through the sentences for --soak-minutes,
+   the server's RSS sampled every 30 s.
+
+Bounded: every request has a 60 s timeout, every level sends a fixed number of requests, the
+soak stops at its deadline, and the server is stopped (SIGTERM) at the end whatever happens.
+--quick (under 3 minutes on 2 cores): 300 sentences, no soak.
+
+Last line: serve_vs_offline=<ratio at 32 clients> p99_ms=<p99 at 32 clients> lost=<n> duplicated=<n> mismatched=<n>
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from train_speed import save_result  # noqa: E402
+from training_margins import cpu_name  # noqa: E402
+
+from seq2seq import corpus  # noqa: E402
+from seq2seq.prepare import split_files  # noqa: E402
+from seq2seq.translate import Translator  # noqa: E402
+
+CLIENTS = (1, 8, 32, 128)
+REQUEST_TIMEOUT = 60.0
+
+
+def offline(model: str, data_dir: str | None, n: int | None) -> tuple[list[str], list[str], float]:
+    """Source sentences, their offline translations, and offline sentences/s."""
+    translator = Translator.load(model)
+    (src_file, _), = split_files(translator.config, data_dir, only=["test_2016_flickr"]).values()
+    lines = corpus.read_lines(src_file)[:n]
+    translator.translate(lines[:20])  # warm-up, as the server's first requests are
+    start = time.perf_counter()
+    expected = translator.translate(lines)
+    return lines, expected, len(lines) / (time.perf_counter() - start)
+
+
+class Server:
+    def __init__(self, model: str, threads: int, log: Path):
+        self.log_path = log
+        self.log_file = open(log, "wb")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq.cli", "serve", model, "--port", "0",
+                                      "--threads", str(threads)], stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     env=env, cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while not (m := re.search(r"running on http://127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the server did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.1)
+        self.port = int(m.group(1))
+
+    def queue_stats(self) -> dict:
+        """The server's counters (GET /health): batches decoded and the lines in them."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=30) as r:
+            return json.load(r)["queue"]
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(120)
+        self.log_file.close()
+        return rc
+
+
+async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
+    writer.write(b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    return status, await reader.readexactly(length)
+
+
+async def load(port: int, lines: list[str], expected: list[str], clients: int, order: Iterable[int],
+               deadline: float | None = None) -> dict:
+    """`clients` connections send the sentences of `order` (cycling until `deadline` if given)."""
+    todo = iter(order)
+    answers: dict[int, int] = {}
+    latencies, lost, mismatched = [], 0, 0
+
+    async def client() -> None:
+        nonlocal lost, mismatched
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for i in todo:
+                body = json.dumps({"text": lines[i]}).encode()
+                t0 = time.perf_counter()
+                try:
+                    status, data = await asyncio.wait_for(post(reader, writer, body), REQUEST_TIMEOUT)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                    lost += 1
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                if status != 200:
+                    lost += 1
+                    continue
+                (answer,) = json.loads(data)["translations"]
+                answers[i] = answers.get(i, 0) + 1
+                mismatched += answer["text"] != expected[i]
+                if deadline and time.monotonic() > deadline:
+                    return
+        finally:
+            writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    seconds = time.perf_counter() - start
+    latencies.sort()
+    pct = lambda q: 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    sent = len(latencies) + lost
+    return {"clients": clients, "requests": sent, "seconds": seconds, "sents_per_s": sum(answers.values()) / seconds,
+            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "lost": lost,
+            "duplicated": 0 if deadline else sum(c - 1 for c in answers.values()), "mismatched": mismatched}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=str(ROOT / "exp/multi30k_de_en_cpu"))
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--quick", action="store_true", help="300 sentences, no soak (< 3 minutes)")
+    ap.add_argument("--soak-minutes", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"cpu: {cpu_name()}, {args.threads} threads, torch {torch.__version__}", flush=True)
+    lines, expected, offline_rate = offline(args.model, args.data_dir, 300 if args.quick else None)
+    print(f"offline `translate` of {len(lines)} sentences in one process: {offline_rate:.1f} sentences/s", flush=True)
+
+    rows, soak = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(args.model, args.threads, Path(tmp) / "server.log")
+        try:
+            rss = [server.rss_mib()]
+            asyncio.run(load(server.port, lines, expected, 4, list(range(min(40, len(lines))))))  # warm-up
+            print(f"{'clients':>7} {'requests':>8} {'sent/s':>7} {'vs offline':>10} {'p50 ms':>7} {'p95 ms':>7} "
+                  f"{'p99 ms':>7} {'lost':>4} {'dup':>4} {'mismatch':>8} {'batch':>6} {'RSS MiB':>8}", flush=True)
+            for clients in CLIENTS:
+                before = server.queue_stats()
+                row = asyncio.run(load(server.port, lines, expected, clients, list(range(len(lines)))))
+                after = server.queue_stats()
+                row["mean_batch_lines"] = (after["lines_decoded"] - before["lines_decoded"]) / max(
+                    1, after["batches"] - before["batches"])
+                row["rss_mib"] = server.rss_mib()
+                rss.append(row["rss_mib"])
+                rows.append(row)
+                print(f"{clients:>7} {row['requests']:>8} {row['sents_per_s']:>7.1f} "
+                      f"{row['sents_per_s'] / offline_rate:>10.2f} {row['p50_ms']:>7.0f} {row['p95_ms']:>7.0f} "
+                      f"{row['p99_ms']:>7.0f} {row['lost']:>4} {row['duplicated']:>4} {row['mismatched']:>8} "
+                      f"{row['mean_batch_lines']:>6.1f} {row['rss_mib']:>8.0f}", flush=True)
+            if not args.quick and args.soak_minutes > 0:
+                soak = run_soak(server, lines, expected, args.soak_minutes)
+        finally:
+            rc = server.stop()
+            log = server.log_path.read_text(errors="replace")
+    at32 = next(r for r in rows if r["clients"] == 32)
+    result = {"cpu": cpu_name(), "threads": args.threads, "model": args.model, "sentences": len(lines),
+              "offline_sents_per_s": offline_rate, "levels": rows, "soak": soak, "server_exit_status": rc,
+              "tracebacks_in_server_log": log.count("Traceback"),
+              "serve_vs_offline": at32["sents_per_s"] / offline_rate}
+    save_result("serve_load", result)
+    lost = sum(r["lost"] for r in rows) + (soak["lost"] if soak else 0)
+    mismatched = sum(r["mismatched"] for r in rows) + (soak["mismatched"] if soak else 0)
+    duplicated = sum(r["duplicated"] for r in rows)
+    print(f"server: exit status {rc} after SIGTERM, {log.count('Traceback')} tracebacks in its log")
+    print(f"serve_vs_offline={result['serve_vs_offline']:.2f} p99_ms={at32['p99_ms']:.0f} lost={lost} "
+          f"duplicated={duplicated} mismatched={mismatched}")
+
+
+def run_soak(server: Server, lines: list[str], expected: list[str], minutes: float) -> dict:
+    """32 clients cycling through the sentences for `minutes`; the server's RSS every 30 s."""
+    deadline = time.monotonic() + 60 * minutes
+    order = itertools.cycle(range(len(lines)))
+    samples = [server.rss_mib()]
+
+    async def soak() -> dict:
+        async def sample() -> None:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(30)
+                samples.append(server.rss_mib())
+                print(f"  soak: {len(samples) * 30 - 30:>4} s, server RSS {samples[-1]:.0f} MiB", flush=True)
+        sampler = asyncio.ensure_future(sample())
+        row = await load(server.port, lines, expected, 32, order, deadline)
+        sampler.cancel()
+        return row
+
+    row = asyncio.run(soak())
+    row.update(minutes=minutes, rss_mib=samples, rss_growth_mib=samples[-1] - samples[1] if len(samples) > 2 else 0.0)
+    print(f"soak: {minutes:g} min at 32 clients, {row['requests']} requests, {row['sents_per_s']:.1f} sent/s, "
+          f"p99 {row['p99_ms']:.0f} ms, lost {row['lost']}, mismatched {row['mismatched']}; server RSS "
+          f"{samples[0]:.0f} MiB at the start, {samples[1] if len(samples) > 1 else samples[0]:.0f} after 30 s, "
+          f"{samples[-1]:.0f} at the end (max {max(samples):.0f})", flush=True)
+    return row
+
+
+if __name__ == "__main__":
+    main()

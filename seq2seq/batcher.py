@@ -1,0 +1,159 @@
+"""Dynamic batching for the server: requests that arrive together are decoded together.
+
+Each request is a `Job` (its lines, its decode settings, a future). One asyncio task forms
+batches and hands them to one worker thread, so the event loop keeps accepting requests
+while the model decodes:
+
+  - a batch takes every job queued, up to `max_batch_lines` lines; when the queue was empty
+    the first job waits at most `max_wait` seconds for companions;
+  - while a batch decodes, new jobs queue up, and the next batch takes them all: the busier
+    the server, the larger its batches;
+  - jobs with the same settings are decoded in one call of `decode` (the `translate` code
+    path); a call that fails is retried job by job, so one bad job never fails another;
+  - the queue is bounded in lines: `submit` raises `QueueFull` rather than letting memory grow.
+
+The batcher knows nothing of HTTP or of models: `decode(lines, settings)` does the work, in the
+one thread of `worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+log = logging.getLogger("seq2seq.serve")
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue_lines` lines already; the client should retry later."""
+
+
+@dataclass(eq=False)
+class Job:
+    lines: list[str]
+    settings: Hashable          # jobs with equal settings share one decode call
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    def __init__(self, decode: Callable[[list[str], Any], list[Any]], max_wait: float = 0.005,
+                 max_batch_lines: int = 256, max_queue_lines: int = 4096, worker: ThreadPoolExecutor | None = None):
+        self.decode = decode
+        self.max_wait, self.max_batch_lines, self.max_queue_lines = max_wait, max_batch_lines, max_queue_lines
+        self.queued_lines = 0           # lines of the jobs waiting (not of the batch decoding)
+        self.batches = 0                # batches decoded so far, and the jobs and lines in them
+        self.jobs = 0
+        self.lines = 0
+        self._pending: collections.deque[Job] = collections.deque()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self._worker = worker or ThreadPoolExecutor(1, thread_name_prefix="decode")  # one thread: decode calls never overlap
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Decode what is queued, then stop."""
+        self._closing = True
+        if self._task is not None:
+            self._wake.set()
+            await self._task
+        self._worker.shutdown(wait=True)
+
+    async def submit(self, lines: list[str], settings: Hashable) -> list[Any]:
+        """Queue `lines` and wait for their results (one per line, in order). Cancelling the
+        caller (a timeout) drops the job if it is still queued."""
+        if self._closing:
+            raise QueueFull("the server is shutting down")
+        if self.queued_lines + len(lines) > self.max_queue_lines:
+            raise QueueFull(f"the queue holds {self.queued_lines} lines; the limit is {self.max_queue_lines}")
+        job = Job(lines, settings, asyncio.get_running_loop().create_future())
+        self._pending.append(job)
+        self.queued_lines += len(lines)
+        self._wake.set()
+        try:
+            return await job.future
+        finally:
+            if job in self._pending:  # cancelled while queued: free its place at once
+                self._pending.remove(job)
+                self.queued_lines -= len(job.lines)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = await self._take_batch()
+            await self._decode_batch(batch)
+
+    async def _take_batch(self) -> list[Job]:
+        """The queued jobs, up to max_batch_lines lines (a larger job goes alone). A job that
+        found the queue empty waits up to max_wait for companions."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        batch, size = [], 0
+        while True:
+            while self._pending and (not batch or size + len(self._pending[0].lines) <= self.max_batch_lines):
+                job = self._pending.popleft()
+                self.queued_lines -= len(job.lines)
+                batch.append(job)
+                size += len(job.lines)
+            full = size >= self.max_batch_lines or (self._pending and batch)
+            remaining = deadline - loop.time()
+            if full or remaining <= 0 or self._closing:
+                return batch
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def _decode_batch(self, batch: list[Job]) -> None:
+        groups: dict[Hashable, list[Job]] = {}
+        for job in batch:
+            if not job.future.done():  # a job whose caller gave up is not decoded
+                groups.setdefault(job.settings, []).append(job)
+        for settings, jobs in groups.items():
+            lines = [line for job in jobs for line in job.lines]
+            self.batches += 1
+            self.jobs += len(jobs)
+            self.lines += len(lines)
+            try:
+                results = await self._in_worker(lines, settings)
+            except Exception:
+                if len(jobs) == 1:
+                    _fail(jobs[0])
+                    continue
+                for job in jobs:  # find the job that fails; the others get their results
+                    try:
+                        _finish(job, await self._in_worker(job.lines, settings))
+                    except Exception:
+                        _fail(job)
+                continue
+            start = 0
+            for job in jobs:
+                _finish(job, results[start:start + len(job.lines)])
+                start += len(job.lines)
+
+    async def _in_worker(self, lines: list[str], settings: Hashable) -> list[Any]:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self.decode, lines, settings)
+
+
+def _finish(job: Job, results: list[Any]) -> None:
+    if not job.future.done():
+        job.future.set_result(results)
+
+
+def _fail(job: Job) -> None:
+    log.exception("decoding failed for a request of %d lines", len(job.lines))
+    if not job.future.done():
+        job.future.set_exception(RuntimeError("decoding failed"))
