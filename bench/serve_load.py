@@ -8,7 +8,7 @@ offline batched `translate` of the same sentences in one process; every answer c
 2. A `seq2seq serve` process on 127.0.0.1 (port chosen by the OS) with the same model and threads.
 3. For each client count, that many clients on keep-alive connections send the sentences one per
    request until each has been sent once; each answer is checked: HTTP 200, one translation,
-   equal to the offline output of its sentence. Lost = no 200 answer; duplicated = a sentence
+   equal to the offline output of its sentence. Latencies are those of the 200 answers. Lost = no 200 answer; duplicated = a sentence
    answered twice; mismatched = an answer that differs from the offline output.
 4. Soak (skipped with --quick): 32 clients cycling through the sentences for --soak-minutes,
    the server's RSS sampled every 30 s.
@@ -74,7 +74,7 @@ class Server:
                                       "--threads", str(threads)], stdout=self.log_file, stderr=subprocess.STDOUT,
                                      env=env, cwd=ROOT)
         deadline = time.monotonic() + 120
-        while not (m := re.search(r"running on http://127\.0\.0\.1:(\d+)", log.read_text(errors="replace"))):
+        while not (m := re.search(r" on http://127\.0\.0\.1:(\d+)/ \(Ctrl", log.read_text(errors="replace"))):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start:\n{log.read_text(errors='replace')}")
             time.sleep(0.1)
@@ -92,9 +92,13 @@ class Server:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(120)
-        self.log_file.close()
-        return rc
+        try:
+            return self.proc.wait(120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self.log_file.close()
 
 
 async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
@@ -116,35 +120,39 @@ async def load(port: int, lines: list[str], expected: list[str], clients: int, o
 
     async def client() -> None:
         nonlocal lost, mismatched
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader = writer = None
         try:
             for i in todo:
+                if deadline and time.monotonic() > deadline:
+                    return
                 body = json.dumps({"text": lines[i]}).encode()
                 t0 = time.perf_counter()
                 try:
+                    if writer is None:
+                        reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     status, data = await asyncio.wait_for(post(reader, writer, body), REQUEST_TIMEOUT)
                 except (TimeoutError, OSError, asyncio.IncompleteReadError):
                     lost += 1
-                    writer.close()
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    if writer is not None:
+                        writer.close()
+                    reader = writer = None  # a new connection for the next request
                     continue
-                latencies.append(time.perf_counter() - t0)
                 if status != 200:
                     lost += 1
                     continue
+                latencies.append(time.perf_counter() - t0)
                 (answer,) = json.loads(data)["translations"]
                 answers[i] = answers.get(i, 0) + 1
                 mismatched += answer["text"] != expected[i]
-                if deadline and time.monotonic() > deadline:
-                    return
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     seconds = time.perf_counter() - start
     latencies.sort()
-    pct = lambda q: 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    pct = lambda q: 1000 * latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else 0.0  # noqa: E731
     sent = len(latencies) + lost
     return {"clients": clients, "requests": sent, "seconds": seconds, "sents_per_s": sum(answers.values()) / seconds,
             "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "lost": lost,

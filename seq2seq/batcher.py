@@ -37,6 +37,7 @@ class Job:
     lines: list[str]
     settings: Hashable          # jobs with equal settings share one decode call
     future: asyncio.Future = field(repr=False)
+    queued_at: float = 0.0      # the event loop's clock
 
 
 class Batcher:
@@ -73,7 +74,8 @@ class Batcher:
             raise QueueFull("the server is shutting down")
         if self.queued_lines + len(lines) > self.max_queue_lines:
             raise QueueFull(f"the queue holds {self.queued_lines} lines; the limit is {self.max_queue_lines}")
-        job = Job(lines, settings, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = Job(lines, settings, loop.create_future(), loop.time())
         self._pending.append(job)
         self.queued_lines += len(lines)
         self._wake.set()
@@ -96,10 +98,11 @@ class Batcher:
             await self._decode_batch(batch)
 
     async def _take_batch(self) -> list[Job]:
-        """The queued jobs, up to max_batch_lines lines (a larger job goes alone). A job that
-        found the queue empty waits up to max_wait for companions."""
+        """The queued jobs, up to max_batch_lines lines (a larger job goes alone). The batch waits
+        for companions until its oldest job has waited max_wait: jobs that queued up during the
+        previous decode go at once."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
+        deadline = self._pending[0].queued_at + self.max_wait
         batch, size = [], 0
         while True:
             while self._pending and (not batch or size + len(self._pending[0].lines) <= self.max_batch_lines):
@@ -134,6 +137,8 @@ class Batcher:
                     _fail(jobs[0])
                     continue
                 for job in jobs:  # find the job that fails; the others get their results
+                    if job.future.done():
+                        continue
                     try:
                         _finish(job, await self._in_worker(job.lines, settings))
                     except Exception:

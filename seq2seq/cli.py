@@ -114,6 +114,8 @@ def build_parser() -> Parser:
     s.add_argument("--max-batch-lines", type=positive_int, default=256, help="lines decoded together at most")
     s.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a request that finds the server idle waits for companions (default 5)")
+    s.add_argument("--max-connections", type=positive_int, default=512,
+                   help="open connections at most; more get 503 (default 512)")
     s.add_argument("--access-log", action="store_true", help="log every request (rejected ones always are)")
 
     s = sub.add_parser("average", help="average the weights of several checkpoints")
@@ -312,16 +314,19 @@ def cmd_attention(args) -> int:
 def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise Seq2SeqError(f"--port must be from 0 to 65535, got {args.port}")
-    if not args.timeout > 0:
-        raise Seq2SeqError(f"--timeout must be > 0, got {args.timeout:g}")
-    if not args.max_wait_ms >= 0:
-        raise Seq2SeqError(f"--max-wait-ms must be >= 0, got {args.max_wait_ms:g}")
+    if not 0 < args.timeout <= 3600:
+        raise Seq2SeqError(f"--timeout must be > 0 and <= 3600 seconds, got {args.timeout:g}")
+    if not 0 <= args.max_wait_ms <= 1000:
+        raise Seq2SeqError(f"--max-wait-ms must be from 0 to 1000, got {args.max_wait_ms:g}")
+    if args.max_lines > args.max_queue_lines:
+        raise Seq2SeqError(f"--max-lines ({args.max_lines}) must be <= --max-queue-lines ({args.max_queue_lines}), "
+                           "else a request of that many lines could never be queued")
     try:
         from seq2seq import serve
     except ModuleNotFoundError as e:
         raise Seq2SeqError(f"seq2seq serve needs {e.name}: pip install 'seq2seq[serve]'") from None
     limits = serve.Limits(args.max_body_bytes, args.max_lines, args.max_line_chars, args.max_beam, args.timeout,
-                          args.max_queue_lines, args.max_batch_lines, args.max_wait_ms)
+                          args.max_queue_lines, args.max_batch_lines, args.max_wait_ms, args.max_connections)
     serve.serve(lambda: serve.Translator.load(args.model, args.device), args.host, args.port, limits, args.threads,
                 args.access_log)
     return 0

@@ -19,10 +19,11 @@ import json
 import logging
 import math
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import torch
 import uvicorn
@@ -34,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 
 from seq2seq import __version__
 from seq2seq.batcher import Batcher, QueueFull
+from seq2seq.errors import Seq2SeqError
 from seq2seq.translate import Translation, Translator
 
 log = logging.getLogger("seq2seq.serve")
@@ -52,6 +54,7 @@ class Limits:
     max_queue_lines: int = 4096
     max_batch_lines: int = 256
     max_wait_ms: float = 5.0        # how long a request that finds the server idle waits for companions
+    max_connections: int = 512      # open connections; more get 503 (uvicorn's limit_concurrency)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ def parse_request(body: bytes, defaults: Settings, limits: Limits) -> tuple[list
         raise BadRequest(400, f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}")
     except RecursionError:
         raise BadRequest(400, "the body's JSON is nested too deeply")
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise BadRequest(400, f"the body is not usable JSON: {str(e).splitlines()[0][:100]}")
     if not isinstance(data, dict):
         raise BadRequest(400, 'the body must be a JSON object such as {"text": "..."}')
     unknown = [k for k in data if k not in FIELDS]
@@ -112,6 +117,11 @@ def parse_request(body: bytes, defaults: Settings, limits: Limits) -> tuple[list
             raise BadRequest(413, f"{name} has {len(line)} characters; the limit is {limits.max_line_chars}")
         if "\x00" in line:
             raise BadRequest(400, f"{name} contains a NUL character")
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON can escape half a surrogate pair ("\ud800"); UTF-8 cannot hold it
+            raise BadRequest(400, f"{name} contains an unpaired surrogate (U+{ord(line[e.start]):04X} at "
+                                  f"character {e.start})")
         if "\n" in line:
             raise BadRequest(400, f"{name} contains a line break; send each line as one item of texts")
     return lines, _settings(data, defaults, limits)
@@ -188,27 +198,37 @@ def summary(translator: Translator) -> dict:
 # ------------------------------------------------------------------- HTTP
 
 
-def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadPoolExecutor | None = None) -> Starlette:
-    """The app; `worker` is the thread that decodes (see `serve`)."""
+def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadPoolExecutor | None = None,
+              url: str = "") -> Starlette:
+    """The app; `worker` is the thread that decodes (see `serve`); `url` is logged once it serves."""
     d = translator.config.decode
-    defaults = Settings(min(d.beam, limits.max_beam), 1, min(d.length_penalty, MAX_LENGTH_PENALTY), False)
+    if d.beam > limits.max_beam:  # else the default answers would differ from `translate`'s
+        raise Seq2SeqError(f"the model's decode.beam ({d.beam}) is above --max-beam ({limits.max_beam})")
+    if d.length_penalty > MAX_LENGTH_PENALTY:
+        raise Seq2SeqError(f"the model's decode.length_penalty ({d.length_penalty:g}) is above the largest a "
+                           f"request may give ({MAX_LENGTH_PENALTY:g})")
+    defaults = Settings(d.beam, 1, d.length_penalty, False)
     batcher = Batcher(lambda lines, s: decode(translator, lines, s), limits.max_wait_ms / 1000,
                       limits.max_batch_lines, limits.max_queue_lines, worker)
     models = ["/".join(Path(p).parts[-3:]) for p in translator.sources]
 
     async def translate(request: Request) -> JSONResponse:
+        deadline = asyncio.get_running_loop().time() + limits.timeout  # one timeout for the whole request
         try:
             try:
-                body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes), limits.timeout)
+                async with asyncio.timeout_at(deadline):
+                    body = await _read_body(request, limits.max_body_bytes)
             except TimeoutError:
                 raise BadRequest(408, f"the body did not arrive within the server's {limits.timeout:g} s timeout")
             lines, settings = parse_request(body, defaults, limits)
-            results = await asyncio.wait_for(batcher.submit(lines, settings), limits.timeout)
+            results = await _answer_unless_gone(request, batcher.submit(lines, settings), deadline)
         except BadRequest as e:  # after a 408 the rest of the body may still come: close the connection
             return _reject(request, e.status, str(e), {"Connection": "close"} if e.status == 408 else None)
         except ClientDisconnect:
-            log.info("%s: the client disconnected before sending its whole request", _client(request))
-            return JSONResponse({"error": "incomplete request"}, status_code=400)
+            return _reject(request, 400, "the client disconnected before sending its whole request")
+        except ClientGone:
+            return _reject(request, 499, "the client disconnected while its request was queued or decoded; "
+                                         "it is dropped")
         except QueueFull as e:
             return _reject(request, 503, f"busy: {e}; retry later", {"Retry-After": "1"})
         except TimeoutError:
@@ -232,6 +252,8 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         batcher.start()
+        if url:
+            log.info("serving %s on %s (Ctrl+C or SIGTERM to stop)", ", ".join(models), url)
         yield
         await batcher.close()  # uvicorn has let every open request finish; this stops the decode thread
 
@@ -239,6 +261,33 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
         Route("/", index), Route("/health", health), Route("/translate", translate, methods=["POST"]),
         Mount("/assets", StaticFiles(directory=WEB)),
     ], lifespan=lifespan)
+
+
+class ClientGone(Exception):
+    """The client closed its connection while waiting for the answer."""
+
+
+async def _answer_unless_gone(request: Request, answer: Awaitable, deadline: float):
+    """Await `answer` until `deadline`; if the client disconnects first, cancel it (a queued job
+    leaves the queue) and raise ClientGone."""
+    job = asyncio.ensure_future(answer)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not job.done():
+            job.cancel()
+    if not job.done() or job.cancelled():
+        raise ClientGone()
+    return job.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: what comes now is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -283,17 +332,36 @@ def load_in_worker(load: Callable[[], Translator], threads: int | None) -> tuple
 
 def serve(load: Callable[[], Translator], host: str, port: int, limits: Limits = Limits(),
           threads: int | None = None, access_log: bool = False) -> None:
-    """Load the model, serve until SIGTERM or SIGINT; then stop accepting, answer every request
-    already in, return."""
+    """Listen, load the model, serve until SIGTERM or SIGINT; then stop accepting, answer every
+    request already in, return."""
+    sock = _listen(host, port)
     translator, worker = load_in_worker(load, threads)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
-    config = uvicorn.Config(build_app(translator, limits, worker), host=host, port=port, access_log=access_log,
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
+    config = uvicorn.Config(build_app(translator, limits, worker, url), host=host, port=port, access_log=access_log,
+                            limit_concurrency=limits.max_connections,
                             timeout_graceful_shutdown=math.ceil(limits.timeout) + 5, log_level="info")
     stopped: list[int] = []
     # uvicorn stops gracefully on these signals and then re-raises them to the handlers that were
     # installed before it: ours note them, so the process ends with status 0 after a clean stop.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=[sock])
     if stopped:
         log.info("stopped by %s after answering every request it had accepted", signal.Signals(stopped[0]).name)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a busy port is a one-line error (exit 2)."""
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (else Nagle's
+    # algorithm and delayed ACKs add 40 ms to each answer)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # from now on, connections wait in the backlog until the app accepts them
+    except OSError as e:
+        sock.close()
+        raise Seq2SeqError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sock

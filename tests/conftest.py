@@ -157,8 +157,11 @@ class Server:
         self.proc = subprocess.Popen([*CLI, "serve", str(model), "--port", "0", *map(str, args)],
                                      stdout=self.log_file, stderr=subprocess.STDOUT, env=cli_env())
         deadline = time.monotonic() + 120
-        while not (m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", self.log())):
+        while not (m := re.search(r" on http://127\.0\.0\.1:(\d+)/ \(Ctrl", self.log())):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait()
+                self.log_file.close()
                 raise RuntimeError(f"the server did not start:\n{self.log()}")
             time.sleep(0.1)
         self.port = int(m.group(1))
@@ -188,9 +191,13 @@ class Server:
         """Send `sig` (None: it was sent already) and wait for the exit status."""
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
-        rc = self.proc.wait(timeout)
-        self.log_file.close()
-        return rc
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:  # it did not stop: do not leave it running
+                self.proc.kill()
+                self.proc.wait()
+            self.log_file.close()
 
 
 # ---------------------------------------------------------------- a tiny trained model

@@ -11,13 +11,14 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import CLI, Server, cli_env, multi30k_path, reverse_rows, run_cli, skip_unless_ci
+from conftest import CLI, Server, assert_usage_error, cli_env, multi30k_path, reverse_rows, run_cli, skip_unless_ci
 
 try:
     from seq2seq import serve
@@ -61,6 +62,8 @@ def test_a_good_request_gets_its_lines_and_settings():
     ({"texts": ["a"] * 11}, 413, ["11 lines", "limit is 10"]),
     ({"texts": ["a", "x" * 51]}, 413, ["texts[1] has 51 characters", "limit is 50"]),
     ({"text": "a\x00b"}, 400, ["NUL"]),
+    (b'{"texts": ["a", "x\\ud800y"]}', 400, ["texts[1]", "unpaired surrogate", "U+D800"]),
+    (b'{"text": "a", "beam": 1' + b"0" * 5000 + b"}", 400, ["not usable JSON"]),
     ({"texts": ["a\nb"]}, 400, ["texts[0] contains a line break"]),
     ({"text": "a", "beam": 0}, 400, ["beam", "from 1 to 8", "got 0"]),
     ({"text": "a", "beam": 9}, 400, ["beam", "got 9"]),
@@ -73,7 +76,7 @@ def test_a_good_request_gets_its_lines_and_settings():
     ({"text": "a", "length_penalty": "1"}, 400, ["length_penalty"]),
     ({"text": "a", "attention": 1}, 400, ["attention must be true or false"]),
 ], ids=["malformed", "utf8", "deep", "array", "unknown", "neither", "both", "text-type", "text-empty",
-        "texts-type", "texts-empty", "item-type", "lines", "chars", "nul", "newline", "beam-0", "beam-high",
+        "texts-type", "texts-empty", "item-type", "lines", "chars", "nul", "surrogate", "huge-int", "newline", "beam-0", "beam-high",
         "beam-float", "beam-bool", "beam-str", "nbest", "lp-neg", "lp-high", "lp-str", "attention"])
 def test_bad_requests_name_the_field(body, status, fragments):
     with pytest.raises(serve.BadRequest) as e:
@@ -94,18 +97,25 @@ def test_long_values_are_shortened_in_messages():
 
 
 class FakeDecode:
-    """Upper-cases lines, records each call; 'boom' raises, 'slow' sleeps."""
+    """Upper-cases lines, records each call; 'boom' raises; 'hold' blocks until `release` is set
+    (and sets `started`), so that a test knows a decode is in progress without timing it."""
 
     def __init__(self):
         self.calls: list[tuple[list[str], object]] = []
+        self.started, self.release = threading.Event(), threading.Event()
 
     def __call__(self, lines, settings):
         self.calls.append((list(lines), settings))
         if "boom" in lines:
             raise ValueError("boom")
-        if "slow" in lines:
-            time.sleep(0.3)
+        if "hold" in lines:
+            self.started.set()
+            assert self.release.wait(30)
         return [f"{line.upper()}/{settings}" for line in lines]
+
+    async def decoding(self) -> None:
+        """Returns once the 'hold' job is being decoded."""
+        assert await asyncio.to_thread(self.started.wait, 30)
 
 
 def run_async(coro):
@@ -126,21 +136,26 @@ def test_requests_that_arrive_together_share_one_decode_call():
     assert sorted(fake.calls, key=str) == [(["a", "b", "c"], 1), (["d"], 2)]  # one call per settings
 
 
-def test_a_lone_request_waits_at_most_max_wait():
+def test_a_request_that_finds_the_server_idle_waits_max_wait_for_companions():
     fake = FakeDecode()
 
     async def main():
-        b = Batcher(fake, max_wait=0.02)
+        b = Batcher(fake, max_wait=0.3)
         b.start()
+        first = asyncio.ensure_future(b.submit(["a"], 0))
+        await asyncio.sleep(0.02)
+        assert not first.done()  # still waiting for companions
+        companion = await b.submit(["b"], 0)  # comes within the window: decoded with it
         t0 = time.perf_counter()
-        out = await b.submit(["a"], 0)
+        alone = await b.submit(["c"], 0)  # nobody comes: decoded alone once its max_wait is over
         waited = time.perf_counter() - t0
         await b.close()
-        return out, waited
+        return await first, companion, alone, waited
 
-    out, waited = run_async(main())
-    assert out == ["A/0"]
-    assert waited < 1.0  # 0.02 s of waiting for companions, then decoded alone (loose: shared machines)
+    first, companion, alone, waited = run_async(main())
+    assert (first, companion, alone) == (["A/0"], ["B/0"], ["C/0"])
+    assert fake.calls == [(["a", "b"], 0), (["c"], 0)]
+    assert 0.29 <= waited < 10  # it waited its 0.3 s, and then did not wait on
 
 
 def test_while_one_batch_decodes_the_next_gathers_everything_queued():
@@ -149,14 +164,16 @@ def test_while_one_batch_decodes_the_next_gathers_everything_queued():
     async def main():
         b = Batcher(fake, max_wait=0.0)
         b.start()
-        first = asyncio.ensure_future(b.submit(["slow"], 0))
-        await asyncio.sleep(0.05)  # the slow batch is decoding now
+        first = asyncio.ensure_future(b.submit(["hold"], 0))
+        await fake.decoding()
         rest = [asyncio.ensure_future(b.submit([f"x{i}"], 0)) for i in range(5)]
+        await asyncio.sleep(0.05)
+        fake.release.set()
         await asyncio.gather(first, *rest)
         await b.close()
 
     run_async(main())
-    assert fake.calls == [(["slow"], 0), ([f"x{i}" for i in range(5)], 0)]
+    assert fake.calls == [(["hold"], 0), ([f"x{i}" for i in range(5)], 0)]
 
 
 def test_batches_hold_at_most_max_batch_lines_and_a_larger_request_goes_alone():
@@ -197,13 +214,16 @@ def test_the_queue_is_bounded_in_lines():
     async def main():
         b = Batcher(fake, max_wait=0.0, max_queue_lines=3)
         b.start()
-        busy = asyncio.ensure_future(b.submit(["slow"], 0))
-        await asyncio.sleep(0.05)  # decoding; what comes now waits in the queue
+        busy = asyncio.ensure_future(b.submit(["hold"], 0))
+        await fake.decoding()  # what comes now waits in the queue
         queued = asyncio.ensure_future(b.submit(["a", "b"], 0))
         await asyncio.sleep(0)
         with pytest.raises(QueueFull, match="holds 2 lines; the limit is 3"):
             await b.submit(["c", "d"], 0)
-        fits = await asyncio.gather(busy, queued, b.submit(["e"], 0))
+        last = asyncio.ensure_future(b.submit(["e"], 0))
+        await asyncio.sleep(0)
+        fake.release.set()
+        fits = await asyncio.gather(busy, queued, last)
         await b.close()
         return fits
 
@@ -216,11 +236,12 @@ def test_a_request_that_gives_up_is_not_decoded_and_frees_its_place():
     async def main():
         b = Batcher(fake, max_wait=0.0, max_queue_lines=2)
         b.start()
-        busy = asyncio.ensure_future(b.submit(["slow"], 0))
-        await asyncio.sleep(0.05)
+        busy = asyncio.ensure_future(b.submit(["hold"], 0))
+        await fake.decoding()
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(b.submit(["gave", "up"], 0), 0.01)
         assert b.queued_lines == 0
+        fake.release.set()
         await asyncio.gather(busy, b.submit(["x", "y"], 0))
         await b.close()
 
@@ -275,17 +296,24 @@ def test_health_describes_the_model(server):
     assert health["limits"]["max_lines"] == 500
 
 
-@pytest.mark.parametrize("settings", [{}, {"beam": 1}, {"beam": 5, "length_penalty": 0.6}],
+@pytest.mark.parametrize("settings", [{}, {"beam": 1}, {"beam": 5, "length_penalty": 0.2}],
                          ids=["recipe", "greedy", "beam5"])
 def test_translations_equal_translate_for_the_same_settings(server, translator, settings):
+    """Texts, and scores, which show that the settings were used: the model is perfect on this
+    task, so the texts alone would not tell a beam or a length penalty that was ignored."""
     lines = rows(60, seed=7)
-    expected = translator.translate(lines, **settings)
+    expected = [nbest[0] for nbest in translator.translate_with_details(lines, **settings)]
     status, one_request = server.translate({"texts": lines, **settings})
     assert status == 200
-    assert [t["text"] for t in one_request["translations"]] == expected
     with ThreadPoolExecutor(16) as pool:  # one request per line: batched with whatever arrives with it
         answers = list(pool.map(lambda line: server.translate({"text": line, **settings}), lines))
-    assert [a[1]["translations"][0]["text"] for a in answers] == expected
+    for got in (one_request["translations"], [a[1]["translations"][0] for a in answers]):
+        assert [t["text"] for t in got] == [t.text for t in expected]
+        assert [t["score"] for t in got] == pytest.approx([t.score for t in expected], abs=1e-4)
+    # and the settings make a difference here: other settings give other scores
+    other = translator.translate_with_details(lines[:5], **({"beam": 3, "length_penalty": 1.5} if settings
+                                                            else {"beam": 1}))
+    assert [n[0].score for n in other] != pytest.approx([t.score for t in expected[:5]], abs=1e-3)
 
 
 def test_nbest_scores_and_attention_equal_translate_with_details(server, translator):
@@ -356,7 +384,8 @@ def test_bad_input_gets_a_4xx_and_the_server_serves_everyone_else(server):
     log = server.log()[len(before):]
     assert "Traceback" not in log
     rejected = [line for line in log.splitlines() if "POST /translate: 4" in line]
-    assert len(rejected) == len(bad)  # one line per rejected request
+    assert len(rejected) == len(bad) + 1  # one line per rejected request, and one for the client that left
+    assert sum("disconnected before sending its whole request" in line for line in rejected) == 1
 
 
 def test_unknown_paths_and_methods_are_4xx(server):
@@ -378,7 +407,7 @@ def test_the_page_and_its_assets_are_served_by_the_server(server):
 
 
 def test_a_full_queue_answers_503_with_retry_after(reverse_model, tmp_path):
-    s = Server(reverse_model, "--max-queue-lines", 2, "--max-batch-lines", 1, "--max-lines", 200,
+    s = Server(reverse_model, "--max-queue-lines", 2, "--max-batch-lines", 1, "--max-lines", 2,
                log=tmp_path / "server.log")
     try:
         lines = rows(40, seed=2)
@@ -422,25 +451,86 @@ def test_a_signal_stops_accepting_answers_what_was_accepted_and_exits_0(reverse_
     body = {"texts": rows(200, seed=9), "beam": 8}
     with ThreadPoolExecutor(4) as pool:
         answers = [pool.submit(s.request, "POST", "/translate", body) for _ in range(4)]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # until all 4 are in: decoding (one at a time) or queued
+        deadline = time.monotonic() + 60
+        while True:  # until all 4 are in, at least one still queued (decoding is one at a time)
             queue = s.request("GET", "/health")[2]["queue"]
-            if queue["requests"] + queue["lines"] // 200 >= 4:
+            if queue["requests"] + queue["lines"] // 200 >= 4 and queue["lines"] > 0:
                 break
-            time.sleep(0.005)
+            assert time.monotonic() < deadline and not any(a.done() for a in answers), queue
+            time.sleep(0.002)
         s.proc.send_signal(sig)
-        time.sleep(0.2)
-        still_working = s.proc.poll() is None
-        with pytest.raises(OSError):  # it has stopped accepting
-            socket.create_connection(("127.0.0.1", s.port), timeout=5).close()
+        refused = False
+        while not refused and time.monotonic() < deadline:  # it stops accepting (at once, or nearly)
+            try:
+                socket.create_connection(("127.0.0.1", s.port), timeout=5).close()
+                time.sleep(0.02)
+            except OSError:
+                refused = True
         rc = s.stop(None, timeout=120)
         results = [a.result() for a in answers]
-    assert still_working  # the signal came while requests were being decoded
+    assert refused
     assert rc == 0
-    assert [r[0] for r in results] == [200] * 4
+    assert [r[0] for r in results] == [200] * 4  # the queued requests were answered too
     assert all(len(r[2]["translations"]) == 200 for r in results)
     assert f"stopped by {signal.Signals(sig).name}" in s.log()
     assert "Traceback" not in s.log()
+
+
+def test_a_client_that_leaves_while_queued_is_dropped_and_logged(reverse_model, tmp_path):
+    s = Server(reverse_model, "--max-lines", 300, "--max-batch-lines", 300, log=tmp_path / "server.log")
+    try:
+        heavy = json.dumps({"texts": rows(300, seed=4), "beam": 12}).encode()
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(s.request, "POST", "/translate", heavy)
+            deadline = time.monotonic() + 60
+            while s.request("GET", "/health")[2]["queue"]["requests"] < 1:  # the heavy one is decoding
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            leaver = json.dumps({"texts": rows(5, seed=6)}).encode()
+            raw_exchange(s.port, b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(leaver), leaver), close_after_send=True, pause=0.05)
+            assert busy.result()[0] == 200
+        while "dropped" not in s.log():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert s.request("GET", "/health")[2]["queue"]["requests"] == 1  # the leaver was never decoded
+        assert s.request("POST", "/translate", {"text": "a b"})[0] == 200
+    finally:
+        assert s.stop() == 0
+    assert "Traceback" not in s.log()
+
+
+def test_accepted_connections_send_without_delay():
+    """The server binds its own socket; asyncio sets TCP_NODELAY on what it accepts only if the
+    socket says it is TCP. Without it, Nagle's algorithm added 40 ms to every answer."""
+    async def main():
+        sock = serve._listen("127.0.0.1", 0)
+        accepted = asyncio.get_running_loop().create_future()
+
+        class Protocol(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP,
+                                                                                  socket.TCP_NODELAY))
+        server = await asyncio.get_running_loop().create_server(Protocol, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        nodelay = await asyncio.wait_for(accepted, 10)
+        writer.close()
+        server.close()
+        return nodelay
+
+    assert run_async(main()) == 1
+
+
+def test_a_busy_port_is_a_one_line_error(reverse_model, server):
+    p = run_cli("serve", reverse_model, "--port", server.port)
+    assert_usage_error(p.returncode, p.stderr)
+    assert f"cannot listen on 127.0.0.1:{server.port}" in p.stderr
+
+
+def test_a_model_whose_beam_is_above_max_beam_is_refused(reverse_model):
+    p = run_cli("serve", reverse_model, "--port", 0, "--max-beam", 2)  # the recipe's beam is 3
+    assert_usage_error(p.returncode, p.stderr)
+    assert "decode.beam (3) is above --max-beam (2)" in p.stderr
 
 
 def test_serve_without_the_extra_says_what_to_install(reverse_model, tmp_path):
@@ -459,10 +549,12 @@ def test_serve_without_the_extra_says_what_to_install(reverse_model, tmp_path):
     assert "pip install 'seq2seq[serve]'" in p.stderr and len(p.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize("option, value", [("--port", "70000"), ("--timeout", "0"), ("--max-wait-ms", "-1"),
-                                           ("--max-lines", "0")])
-def test_serve_rejects_bad_options_before_loading_the_model(tmp_path, option, value):
-    p = run_cli("serve", tmp_path / "missing", option, value)
+@pytest.mark.parametrize("options", [["--port", "70000"], ["--timeout", "0"], ["--timeout", "inf"],
+                                     ["--max-wait-ms", "-1"], ["--max-wait-ms", "inf"], ["--max-lines", "0"],
+                                     ["--max-lines", "300", "--max-queue-lines", "200"]])
+def test_serve_rejects_bad_options_before_loading_the_model(tmp_path, options):
+    option = options[0]
+    p = run_cli("serve", tmp_path / "missing", *options)
     assert p.returncode == 2 and option in p.stderr and len(p.stderr.splitlines()) == 1
 
 

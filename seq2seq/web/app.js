@@ -3,7 +3,7 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const source = $("source"), beam = $("beam"), nbest = $("nbest");
-let sent = 0, shown = 0, timer = null, result = null;
+let sent = 0, timer = null, result = null;  // sent: the number of the newest request
 
 function options(select, high, value) {
   const keep = Math.min(Number(select.value || value), high);
@@ -23,7 +23,7 @@ async function start() {
   nbest.onchange = translate;
   source.oninput = () => { clearTimeout(timer); timer = setTimeout(translate, 300); };
   source.onkeydown = (e) => {
-    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); clearTimeout(timer); translate(); }
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); clearTimeout(timer); translate(); }
   };
   document.body.dataset.ready = "true";
 }
@@ -31,29 +31,31 @@ async function start() {
 async function translate() {
   const text = source.value.replace(/\s+/g, " ").trim();
   const id = ++sent;
-  if (!text) { show(id, null); return; }
-  $("status").className = "";
-  $("status").textContent = "translating…";
+  if (!text) { show(null); return; }
+  status("translating…");
   try {
     const response = await fetch("translate", {
       method: "POST", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({text, beam: Number(beam.value), nbest: Number(nbest.value), attention: true}),
     });
-    const body = await response.json();
+    const json = (response.headers.get("Content-Type") || "").includes("json");
+    const body = json ? await response.json() : {error: `${response.status} ${response.statusText}`};
+    if (id !== sent) return;  // a newer request is on its way: only the newest answer is shown
     if (!response.ok) throw new Error(body.error || response.statusText);
-    show(id, body.translations[0]);
+    show(body.translations[0]);
   } catch (err) {
-    if (id < sent) return;
-    $("status").className = "error";
-    $("status").textContent = `error: ${err.message}`;
+    if (id === sent) status(`error: ${err.message}`, true);
   }
 }
 
-function show(id, line) {
-  if (id < shown) return;  // an older request answered late: keep the newer answer
-  shown = id;
+function status(text, error = false) {
+  $("status").className = error ? "error" : "";
+  $("status").textContent = text;
+}
+
+function show(line) {
   result = line;
-  $("status").textContent = "";
+  status("");
   $("translation").textContent = line ? line.text : "";
   $("hypotheses").replaceChildren(...(line ? line.nbest : []).map((h, i) => {
     const li = document.createElement("li");
@@ -69,7 +71,6 @@ function show(id, line) {
     return li;
   }));
   choose(0);
-  document.body.dataset.shown = String(id);
 }
 
 function choose(i) {
@@ -113,4 +114,4 @@ function highlight(row, weights) {
   });
 }
 
-start().catch((err) => { $("status").className = "error"; $("status").textContent = `error: ${err.message}`; });
+start().catch((err) => status(`error: ${err.message}`, true));
