@@ -1,0 +1,212 @@
+"""Training speed and memory against OpenNMT-py 3.5.1, side by side in one window.
+
+    python bench/peer_speed.py [--quick] [--minutes 5] [--data-dir DIR]
+
+1. OpenNMT-py 3.5.1 goes into its own virtual environment (bench/results/peers/venv, kept between
+   runs) beside the CPU build of torch 2.13.0: `pip install --no-deps opennmt-py==3.5.1`, then its
+   other requirements by name (so that pip never swaps torch).
+2. The data: `seq2seq prepare` of recipes/multi30k_de_en.toml with the comparison's shape (joint
+   SentencePiece 8k, separate embeddings, untied output layer, dropout 0.2); the same SentencePiece
+   model writes the pieces, space-separated, and the vocabulary for OpenNMT-py.
+3. Three trainings, one after the other, each for the same wall time with 2 threads and nothing
+   else running: OpenNMT-py with bench/onmt_rnn.yaml (4x bi-LSTM encoder, 4-layer input-feeding
+   decoder, MLP attention, 128 sentences per step); ours with the same architecture
+   (encoder.layers=4, attention_feed=input_feed, ~2,000 target tokens per step); ours with the
+   design default (2-layer encoder, GNMT feed, fused decoder).
+4. Each run trains for the same time after its first progress report (OpenNMT-py spends a minute
+   or more loading its data first). Target tokens per second after a further warm-up, counted alike (end of sentence included: OpenNMT-py's
+   counter leaves it out, so its figure is scaled by (pieces + 1) / pieces of the training target
+   side), and each process's peak RSS (VmHWM).
+
+--quick: 90 s of training per run (the install is cached), about 8 minutes in all.
+Last line: input_feed_vs_onmt=<ratio> default_vs_onmt=<ratio> rss_ratio=<ours input feed / onmt>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from train_speed import save_result  # noqa: E402
+from training_margins import cpu_name  # noqa: E402
+
+WORK = ROOT / "bench/results/peers"
+ONMT_REQUIREMENTS = ["configargparse", "ctranslate2>=4,<5", "tensorboard", "flask", "waitress", "pyonmttok>=1,<2",
+                     "pyyaml", "sacrebleu", "rapidfuzz", "pyahocorasick", "fasttext-wheel", "spacy", "six"]
+SHAPE = ["tokenizer.vocab_size=8000", "tokenizer.joint=true", "model.share_embeddings=false",
+         "model.decoder.tie_embeddings=false", "model.encoder.dropout=0.2", "model.decoder.dropout=0.2"]
+OURS = {
+    "ours, the same architecture (input feeding)": ["model.encoder.layers=4", "model.decoder.attention_feed='input_feed'"],
+    "ours, the design default (GNMT feed, fused)": [],
+}
+WARMUP_SECONDS = 20  # tok/s is averaged over what follows
+
+
+def onmt_venv() -> Path:
+    venv = WORK / "venv"
+    done = venv / ".installed-3.5.1"
+    if done.exists():
+        return venv
+    print("installing OpenNMT-py 3.5.1 into", venv.relative_to(ROOT), flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    subprocess.run([*pip, "--no-deps", "opennmt-py==3.5.1"], check=True)
+    subprocess.run([*pip, *ONMT_REQUIREMENTS], check=True)
+    done.touch()
+    return venv
+
+
+def prepare(data_dir: str | None) -> tuple[Path, float]:
+    """Our experiment directory (prepared) and OpenNMT-py's data; returns (expdir, EOS factor)."""
+    import sentencepiece as spm
+    from seq2seq import config, corpus
+    from seq2seq.prepare import prepare as prepare_exp, split_files
+    cfg = config.load(ROOT / "recipes/multi30k_de_en.toml", SHAPE)
+    expdir = WORK / "prepared"
+    prepare_exp(cfg, expdir, data_dir)
+    sp = spm.SentencePieceProcessor(model_file=str(expdir / "spm.model"))
+    data = WORK / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    files = split_files(cfg, data_dir, only=["train", "valid"])
+    counts: dict[str, int] = {}
+    pieces = lines = 0
+    for split, (src_file, tgt_file) in files.items():
+        name = "train" if split == "train" else "val"
+        for lang, path in ((cfg.data.src, src_file), (cfg.data.tgt, tgt_file)):
+            encoded = [sp.encode(line, out_type=str) for line in corpus.read_lines(path)]
+            (data / f"{name}.sp.{lang}").write_text("".join(" ".join(p) + "\n" for p in encoded), encoding="utf-8")
+            if name == "train":
+                for p in encoded:
+                    for piece in p:
+                        counts[piece] = counts.get(piece, 0) + 1
+                if lang == cfg.data.tgt:
+                    pieces += sum(map(len, encoded))
+                    lines += len(encoded)
+    vocab = sorted(counts.items(), key=lambda kv: -kv[1])
+    (data / "vocab.txt").write_text("".join(f"{p}\t{c}\n" for p, c in vocab), encoding="utf-8")
+    return expdir, (pieces + lines) / pieces
+
+
+def peak_rss_gib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2 ** 20
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def run_for(cmd: list[str], seconds: float, log: Path, env: dict, progress: Path, marker: str) -> float:
+    """Run cmd until it has trained for `seconds` after its first progress report (`marker` in
+    the file `progress`; start-up and data loading differ a lot between toolkits), then SIGTERM.
+    Returns its peak RSS in GiB."""
+    with open(log, "wb") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        deadline, peak = None, 0.0
+        while (deadline is None or time.monotonic() < deadline) and p.poll() is None:
+            time.sleep(1)
+            peak = max(peak, peak_rss_gib(p.pid))
+            if deadline is None and progress.exists() and marker in progress.read_text(errors="replace"):
+                deadline = time.monotonic() + seconds
+        if p.poll() is not None:
+            raise SystemExit(f"{cmd[0]} ended early; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
+        peak = max(peak, peak_rss_gib(p.pid))
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    return peak
+
+
+def onmt_run(venv: Path, seconds: float, eos_factor: float) -> dict:
+    run = WORK / "onmt"
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = (ROOT / "bench/onmt_rnn.yaml").read_text().replace("$PEERS_DIR", str(WORK))
+    (run / "config.yaml").write_text(cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    started = time.time()
+    peak = run_for([str(venv / "bin/onmt_train"), "-config", str(run / "config.yaml")], seconds,
+                   run / "stdout.log", env, run / "stdout.log", " Step ")  # it logs its steps to stdout
+    # "[... INFO] Step 290/1000000; acc: 29.0; ppl: 173.8; xent: 5.2; lr: 0.00100; sents: 1280;
+    #  bsz: 1574/1754/128; 2614/2913 tok/s; 241 sec;"  (tok/s: source/target, since its last report)
+    reports = [(float(m.group(3)), int(m.group(1)), float(m.group(2)))
+               for m in re.finditer(r"Step (\d+)/.*?; \d+/(\d+) tok/s; +(\d+) sec", (run / "stdout.log").read_text())]
+    first = reports[0][0] if reports else 0  # its first window holds the start-up: left out
+    after = [(sec, step, tok) for sec, step, tok in reports if sec >= first + WARMUP_SECONDS]
+    if not after:
+        raise SystemExit(f"OpenNMT-py reported no steps {WARMUP_SECONDS} s after its first; see {run / 'stdout.log'}")
+    raw = sum(t for _, _, t in after) / len(after)
+    return {"tok_per_s": raw * eos_factor, "tok_per_s_its_counter": raw, "steps": reports[-1][1],
+            "peak_rss_gib": peak, "seconds": time.time() - started}
+
+
+def ours_run(name: str, settings: list[str], expdir: Path, seconds: float, data_dir: str | None) -> dict:
+    out = WORK / ("ours_" + re.sub(r"\W+", "_", name)[:40])
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    out.mkdir(parents=True)
+    for f in ("spm.model", "prepare.json", "cache"):  # the prepared data, shared by both runs
+        os.symlink(expdir / f, out / f)
+    sets = [x for s in [*SHAPE, *settings, "train.threads=2", "train.log_every=10", "train.valid_every=1000000", "train.max_steps=0",
+                        "train.max_minutes=0"] for x in ("--set", s)]
+    cmd = [sys.executable, "-m", "seq2seq.cli", "train", str(ROOT / "recipes/multi30k_de_en.toml"), "--out", str(out),
+           *sets, *(["--data-dir", data_dir] if data_dir else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+    peak = run_for(cmd, seconds, out / "stdout.log", env, out / "metrics.jsonl", '"type": "train"')
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["type"] == "train"]
+    first = train[0]["minutes"] * 60 if train else 0
+    after = [r for r in train if r["minutes"] * 60 >= first + WARMUP_SECONDS]
+    if not after:
+        raise SystemExit(f"{name}: no training reports after {WARMUP_SECONDS} s; see {out}")
+    return {"tok_per_s": sum(r["tok_per_s"] for r in after) / len(after), "steps": train[-1]["step"],
+            "peak_rss_gib": peak}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="90 s of training per run")
+    ap.add_argument("--minutes", type=float, default=5.0, help="training time per run (default 5)")
+    ap.add_argument("--data-dir", default=None, help="Multi30K (default: $SEQ2SEQ_DATA_DIR, data/multi30k)")
+    args = ap.parse_args()
+    seconds = 90 if args.quick else args.minutes * 60
+    print(f"cpu: {cpu_name()}, 2 threads, {seconds:.0f} s of training per run", flush=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    venv = onmt_venv()
+    expdir, eos_factor = prepare(args.data_dir)
+    rows = {"OpenNMT-py 3.5.1 (bench/onmt_rnn.yaml)": onmt_run(venv, seconds, eos_factor)}
+    print(f"  OpenNMT-py: {rows['OpenNMT-py 3.5.1 (bench/onmt_rnn.yaml)']['tok_per_s']:,.0f} tok/s", flush=True)
+    for name, settings in OURS.items():
+        rows[name] = ours_run(name, settings, expdir, seconds, args.data_dir)
+        print(f"  {name}: {rows[name]['tok_per_s']:,.0f} tok/s", flush=True)
+    onmt = rows["OpenNMT-py 3.5.1 (bench/onmt_rnn.yaml)"]
+    print(f"\n{'run':<48} {'target tok/s':>12} {'vs OpenNMT-py':>13} {'steps':>6} {'peak RSS GiB':>12}")
+    for name, r in rows.items():
+        print(f"{name:<48} {r['tok_per_s']:>12,.0f} {r['tok_per_s'] / onmt['tok_per_s']:>12.2f}x {r['steps']:>6} "
+              f"{r['peak_rss_gib']:>12.2f}")
+    feed, default = (rows[name] for name in OURS)
+    result = {"cpu": cpu_name(), "seconds_per_run": seconds, "eos_factor": eos_factor, "runs": rows,
+              "input_feed_vs_onmt": feed["tok_per_s"] / onmt["tok_per_s"],
+              "default_vs_onmt": default["tok_per_s"] / onmt["tok_per_s"],
+              "rss_ratio": feed["peak_rss_gib"] / onmt["peak_rss_gib"]}
+    save_result("peer_speed", result)
+    print(f"(OpenNMT-py's own counter: {onmt['tok_per_s_its_counter']:,.0f} tok/s without end of sentence; "
+          f"x {eos_factor:.3f})")
+    print(f"input_feed_vs_onmt={result['input_feed_vs_onmt']:.2f} default_vs_onmt={result['default_vs_onmt']:.2f} "
+          f"rss_ratio={result['rss_ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
