@@ -3,7 +3,8 @@
     python bench/kernel_speed.py [--quick] [--recipe recipes/multi30k_de_en.toml]
 
 adam       one update of all parameters of the default model (bench/train_speed.py's issue shape):
-           torch's fused Adam kernel (seq2seq.train.make_optimizer) vs its foreach implementation.
+           torch's fused Adam kernel as seq2seq.optim.FusedAdam calls it (make_optimizer) vs
+           torch.optim.Adam's foreach implementation.
 attention  additive attention as seq2seq/attention.py computes it, v . sigmoid(2u) in place, vs
            the textbook v . tanh(u) with the same weights, in two shapes:
              decode: one beam-search step, 350 rows x 15 source positions (about the average
@@ -32,6 +33,7 @@ from train_speed import ISSUE_SHAPE, save_result  # noqa: E402
 from seq2seq import config  # noqa: E402
 from seq2seq.attention import Attention  # noqa: E402
 from seq2seq.model import build_model  # noqa: E402
+from seq2seq.optim import FusedAdam  # noqa: E402
 
 
 def textbook(att: Attention, query, keys, memory, mask):
@@ -61,7 +63,7 @@ def adam(cfg: config.Config, rounds: int) -> dict[str, float]:
     params = list(build_model(cfg.model, 8000, 8000).parameters())
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
-    optimizers = {kind: torch.optim.Adam(params, lr=1e-3, **{kind: True}) for kind in ("fused", "foreach")}
+    optimizers = {"fused": FusedAdam(params, lr=1e-3), "foreach": torch.optim.Adam(params, lr=1e-3, foreach=True)}
     return take_turns({kind: opt.step for kind, opt in optimizers.items()}, rounds, 5)
 
 

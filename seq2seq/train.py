@@ -28,6 +28,7 @@ from seq2seq.batching import Batch, Split, TokenBatchSampler, collate, eval_batc
 from seq2seq.config import Config, DecodeConfig, diff, dump_toml, from_dict, to_dict
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import Objective, Seq2Seq, build_model, summary
+from seq2seq.optim import FUSED_DEVICES, FusedAdam
 from seq2seq.prepare import Prepared, prepare
 from seq2seq.translate import decode_ids
 
@@ -113,17 +114,21 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-FUSED_ADAM_CPU_SINCE = (2, 4)  # the torch release whose Adam/AdamW take fused=True for CPU tensors
+FUSED_ADAM_CPU_SINCE = (2, 4)  # the torch release whose fused Adam/AdamW kernels take CPU tensors
 
 
-def make_optimizer(model: Seq2Seq, cfg: Config) -> torch.optim.Optimizer:
+def make_optimizer(model: Seq2Seq, cfg: Config):
     """Adam or AdamW with torch's fused kernel: one pass per parameter instead of one per
-    operation; about 3x faster than the foreach update on our 2-core CPU (bench/kernel_speed.py)."""
+    operation; about 3x faster than the foreach update on our 2-core CPU (bench/kernel_speed.py).
+    seq2seq.optim.FusedAdam calls the kernel as torch.optim.Adam(fused=True) does, without
+    importing torch._dynamo at start-up; torch.optim's foreach Adam on other devices."""
     t = cfg.train
-    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
     params = list(model.parameters())
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)  # the devices torch has it for
-    return cls(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=fused)
+    if all(p.device.type in FUSED_DEVICES for p in params):
+        return FusedAdam(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+                         decoupled=t.optimizer == "adamw")
+    cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
 
 
 # ---------------------------------------------------------------- one step
@@ -305,7 +310,7 @@ class Run:
     world: int
     model: Seq2Seq
     objective: torch.nn.Module    # Objective(model): model.loss as a module, wrapped for DDP when world > 1
-    optimizer: torch.optim.Optimizer
+    optimizer: FusedAdam | torch.optim.Optimizer
     schedule: LRSchedule
     sampler: TokenBatchSampler
     progress: Progress

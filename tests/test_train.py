@@ -19,6 +19,7 @@ from seq2seq import checkpoint, config
 from seq2seq import train as train_module
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import Seq2Seq, build_model
+from seq2seq.optim import FusedAdam
 from seq2seq.train import run
 from seq2seq.translate import Translator
 
@@ -121,7 +122,8 @@ def test_declared_torch_floor_has_the_fused_cpu_adam_training_uses(small_task):
     assert floor, f"torch requirement {spec!r} has no plain >= floor"
     assert (int(floor[1]), int(floor[2])) >= train_module.FUSED_ADAM_CPU_SINCE
     cfg = tiny_config(small_task)
-    assert train_module.make_optimizer(build_model(cfg.model, 30, 30), cfg).defaults["fused"] is True
+    optimizer = train_module.make_optimizer(build_model(cfg.model, 30, 30), cfg)
+    assert isinstance(optimizer, FusedAdam) and optimizer.param_groups[0]["fused"] is True
 
 
 def test_validation_decodes_with_every_decode_setting(small_task, tmp_path, monkeypatch):
