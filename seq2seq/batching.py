@@ -142,16 +142,18 @@ class TokenBatchSampler:
         """This rank's batches of an epoch: (order (n,) int32, [(start, end)] into order)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         # Sort by size with random tie-breaking: buckets of equal length, new each epoch. Sizes
-        # are few distinct values: each size's examples (in index order) sorted stably by noise,
-        # one bucket at a time. torch.rand's floats are multiples of 2^-24, so as integers they
-        # sort alike (and faster). The order is (size, noise, index).
+        # are few distinct values: one stable sort by size puts each size's examples together
+        # in index order, and each bucket is then sorted stably by noise. torch.rand's floats
+        # are multiples of 2^-24, so as integers they sort alike (and faster). The order is
+        # (size, noise, index).
         keys = (torch.rand(len(self.sizes), generator=g) * (1 << 24)).to(torch.int32)  # (n,) exact
         counts = torch.bincount(self.sizes)                   # (max size + 1,)
         values = counts.nonzero().squeeze(1).tolist()        # the sizes present, ascending
         counts = counts[values].tolist()
+        by_size = torch.sort(self.sizes, stable=True).indices.to(torch.int32)  # (n,)
         order, start = torch.empty(len(self.sizes), dtype=torch.int32), 0
-        for v, c in zip(values, counts):
-            members = (self.sizes == v).nonzero().squeeze(1)  # (c,) ascending indices
+        for c in counts:
+            members = by_size[start:start + c]                # (c,) one size, ascending indices
             order[start:start + c] = members[torch.sort(keys[members], stable=True).indices]
             start += c
         bounds = run_batches(values, counts, self.batch_tokens)
