@@ -15,8 +15,9 @@ larger corpus has more of the rare long pairs), every command in its own process
                    the same training lines, two processes on two halves (2 cores): the floor
   cache            bytes of the training split's arrays per token (source + target pieces)
   train            50 steps: seconds from the process start to the first step done, peak RSS
-  torchrun         (largest size) two ranks on CPU (gloo): the ranks' summed PSS, against one
-                   process's PSS (the corpus sits once in the page cache, shared by the ranks)
+  torchrun         (the smallest and the largest size, when that is 1M pairs or more) two ranks on
+                   CPU (gloo): the ranks' summed PSS, against one process's PSS (the corpus sits
+                   once in the page cache, shared by the ranks), and the largest against the smallest
 
 --quick runs the first two sizes (about 3 minutes on 2 cores). Last line:
 prepare_rss_gib=<largest> prepare_vs_spm=<ratio> train_rss_ratio=<largest/smallest> first_step_s=<largest>
@@ -225,7 +226,8 @@ def main() -> None:
     import torch
     hw = hardware(torch.device("cpu"))
     print(f"cpu: {hw['cpu']}, {hw['cpu_cores']} cores; torch {torch.__version__}", flush=True)
-    rows = [measure(n, Path(args.data_dir), work, torchrun=(n == sizes[-1] and n >= 1_000_000)) for n in sizes]
+    ddp = sizes[-1] >= 1_000_000  # two ranks at the smallest and the largest size: what the corpus adds
+    rows = [measure(n, Path(args.data_dir), work, torchrun=ddp and n in (sizes[0], sizes[-1])) for n in sizes]
     gib = 1 << 30
     print(f"{'pairs':>9} {'prepare s':>9} {'lines/s':>9} {'RSS GiB':>7} | {'encode s':>8} {'lines/s':>9} "
           f"{'spm lines/s':>11} | {'B/token':>7} | {'1st step s':>10} {'train RSS GiB':>13}")
@@ -235,9 +237,13 @@ def main() -> None:
               f"{r['encode_s']:>8.1f} {r['encode_lines_per_s']:>9,.0f} {spm} | {r['cache_bytes_per_token']:>7.3f} | "
               f"{r['first_step_s']:>10.2f} {r['train_rss'] / gib:>13.3f}")
     last, first = rows[-1], rows[0]
-    if "ddp2_pss" in last:
-        print(f"torchrun, 2 ranks at {last['pairs']:,} pairs: summed PSS {last['ddp2_pss'] / gib:.3f} GiB "
-              f"against one process's {last['train_pss'] / gib:.3f} GiB ({last['ddp2_pss'] / last['train_pss']:.2f}x)")
+    for r in rows:
+        if "ddp2_pss" in r:
+            print(f"torchrun, 2 ranks at {r['pairs']:,} pairs: summed PSS {r['ddp2_pss'] / gib:.3f} GiB "
+                  f"against one process's {r['train_pss'] / gib:.3f} GiB ({r['ddp2_pss'] / r['train_pss']:.2f}x)")
+    if "ddp2_pss" in last and "ddp2_pss" in first and last is not first:
+        print(f"two ranks at {last['pairs']:,} pairs hold {last['ddp2_pss'] / first['ddp2_pss']:.3f}x "
+              f"the memory of two ranks at {first['pairs']:,}")
     vs_spm = (last["encode_lines_per_s"] / last["spm_encode_lines_per_s"]) if last["spm_encode_lines_per_s"] else float("nan")
     save_result("data_scale", {"hardware": hw, "rows": rows})
     print(f"prepare_rss_gib={last['prepare_rss'] / gib:.2f} prepare_vs_spm={vs_spm:.2f} "

@@ -10,6 +10,8 @@ never exceeds the token budget.
 
 from __future__ import annotations
 
+import itertools
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -146,14 +148,14 @@ class TokenBatchSampler:
         # in index order, and each bucket is then sorted stably by noise. torch.rand's floats
         # are multiples of 2^-24, so as integers they sort alike (and faster). The order is
         # (size, noise, index).
-        keys = (torch.rand(len(self.sizes), generator=g) * (1 << 24)).to(torch.int32)  # (n,) exact
+        keys = torch.rand(len(self.sizes), generator=g).mul_(1 << 24).to(torch.int32)  # (n,) exact
         counts = torch.bincount(self.sizes)                   # (max size + 1,)
         values = counts.nonzero().squeeze(1).tolist()        # the sizes present, ascending
         counts = counts[values].tolist()
-        by_size = torch.sort(self.sizes, stable=True).indices.to(torch.int32)  # (n,)
-        order, start = torch.empty(len(self.sizes), dtype=torch.int32), 0
+        order = _group_by_size(self.sizes, values, counts)   # (n,) int32
+        start = 0
         for c in counts:
-            members = by_size[start:start + c]                # (c,) one size, ascending indices
+            members = order[start:start + c]                  # (c,) one size, ascending indices
             order[start:start + c] = members[torch.sort(keys[members], stable=True).indices]
             start += c
         bounds = run_batches(values, counts, self.batch_tokens)
@@ -186,6 +188,24 @@ class TokenBatchSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def _group_by_size(sizes: Tensor, values: list[int], counts: list[int], chunk: int = 1 << 20) -> Tensor:
+    """(n,) int32: the indices ordered by size, ascending indices within a size (a stable sort),
+    taken a chunk of the corpus at a time: a sort's int64 indices for the whole corpus would
+    stay in the heap after they are freed and count against training's peak memory."""
+    order = torch.empty(len(sizes), dtype=torch.int32)
+    nxt = dict(zip(values, itertools.accumulate([0, *counts[:-1]])))  # next free position of each size
+    for lo in range(0, len(sizes), chunk):
+        part = sizes[lo:lo + chunk]
+        ranked = torch.sort(part, stable=True)
+        found, seen = torch.unique_consecutive(ranked.values, return_counts=True)
+        start = 0
+        for v, c in zip(found.tolist(), seen.tolist()):
+            order[nxt[v]:nxt[v] + c] = ranked.indices[start:start + c] + lo
+            nxt[v] += c
+            start += c
+    return order
 
 
 def run_batches(values: list[int], counts: list[int], batch_tokens: int) -> list[tuple[int, int]]:

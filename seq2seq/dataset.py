@@ -59,10 +59,13 @@ class Column(Sequence):
         self.itemsize = dtype.itemsize
         # Where every BLOCK-th sentence starts (8 bytes per BLOCK sentences); a sentence's start
         # adds the lengths before it in its block.
+        # Summed a slice at a time: a widened copy of all the lengths (8 bytes a sentence) would
+        # stay in the process's heap after it is freed, and count against training's peak memory.
         whole = len(lengths) - len(lengths) % BLOCK
-        sums = [lengths[:whole].view(-1, BLOCK).sum(1, dtype=torch.int64),  # (n // BLOCK,)
-                lengths[whole:].sum(dtype=torch.int64)[None]]               # the last, partial block
+        sums = [part.sum(1, dtype=torch.int64) for part in lengths[:whole].view(-1, BLOCK).split(1 << 12)]
+        sums.append(lengths[whole:].sum(dtype=torch.int64)[None])                # the last, partial block
         self.blocks = torch.cat([torch.zeros(1, dtype=torch.int64), *sums]).cumsum(0)  # (n / BLOCK + 1,)
+        self.tokens = int(self.blocks[-1])
         self.fd = os.open(path, os.O_RDONLY)
         weakref.finalize(self, os.close, self.fd)
 
@@ -185,6 +188,5 @@ def _column(prefix: Path, pairs: int, meta: dict) -> Column | None:
         return None
     lengths = torch.from_file(str(len_path), size=pairs, dtype=len_dtype) if pairs else \
         torch.zeros(0, dtype=len_dtype)  # read into memory (not mapped: shared=False)
-    if int(lengths.sum(dtype=torch.int64)) != meta["tokens"]:
-        return None
-    return Column(ids_path, meta["ids"], lengths)
+    column = Column(ids_path, meta["ids"], lengths)
+    return column if column.tokens == meta["tokens"] else None

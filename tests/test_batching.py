@@ -368,3 +368,17 @@ def test_eval_batches_put_an_over_long_example_in_its_own_batch():
     for b in batches:
         if len(b) > 1:
             assert cost(b, sizes) <= 20
+
+
+@pytest.mark.parametrize("chunk", [1, 777, 1 << 20])
+def test_grouping_by_size_chunk_by_chunk_is_a_stable_sort(chunk):
+    """The sampler groups a large corpus by size a chunk at a time (to bound its memory); the
+    result must be the whole corpus's stable sort, across chunk boundaries too."""
+    from seq2seq.batching import _group_by_size
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(3, 40, (5_000,), generator=g).to(torch.int16)
+    counts = torch.bincount(sizes)
+    values = counts.nonzero().squeeze(1).tolist()
+    order = _group_by_size(sizes, values, counts[values].tolist(), chunk=chunk)
+    assert order.dtype == torch.int32
+    assert torch.equal(order.long(), torch.sort(sizes, stable=True).indices)
