@@ -11,7 +11,6 @@ never exceeds the token budget.
 from __future__ import annotations
 
 import itertools
-
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -195,15 +194,15 @@ def _group_by_size(sizes: Tensor, values: list[int], counts: list[int], chunk: i
     taken a chunk of the corpus at a time: a sort's int64 indices for the whole corpus would
     stay in the heap after they are freed and count against training's peak memory."""
     order = torch.empty(len(sizes), dtype=torch.int32)
-    nxt = dict(zip(values, itertools.accumulate([0, *counts[:-1]])))  # next free position of each size
+    next_free = dict(zip(values, itertools.accumulate([0, *counts[:-1]])))  # next free position of each size
     for lo in range(0, len(sizes), chunk):
         part = sizes[lo:lo + chunk]
         ranked = torch.sort(part, stable=True)
         found, seen = torch.unique_consecutive(ranked.values, return_counts=True)
         start = 0
         for v, c in zip(found.tolist(), seen.tolist()):
-            order[nxt[v]:nxt[v] + c] = ranked.indices[start:start + c] + lo
-            nxt[v] += c
+            order[next_free[v]:next_free[v] + c] = ranked.indices[start:start + c] + lo
+            next_free[v] += c
             start += c
     return order
 

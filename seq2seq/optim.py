@@ -84,9 +84,12 @@ class FusedAdam:
                                f"in {len(groups)} group(s); this model has {len(self.params)} in one")
         if groups[0].get("amsgrad") or groups[0].get("maximize"):
             raise Seq2SeqError("optimizer state: amsgrad/maximize Adam state cannot be continued here")
+        by_index = dict(zip(groups[0]["params"], self.params))
         state = {}
         for i, saved in state_dict["state"].items():
-            p = self.params[groups[0]["params"].index(i)]
+            if i not in by_index:
+                raise Seq2SeqError(f"optimizer state: parameter {i} is not in the saved group")
+            p = by_index[i]
             if saved["exp_avg"].shape != p.shape:
                 raise Seq2SeqError(f"optimizer state: parameter {i} has shape {tuple(saved['exp_avg'].shape)}, "
                                    f"the model's is {tuple(p.shape)}")

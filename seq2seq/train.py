@@ -117,11 +117,11 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
 FUSED_ADAM_CPU_SINCE = (2, 4)  # the torch release whose fused Adam/AdamW kernels take CPU tensors
 
 
-def make_optimizer(model: Seq2Seq, cfg: Config):
+def make_optimizer(model: Seq2Seq, cfg: Config) -> FusedAdam | torch.optim.Optimizer:
     """Adam or AdamW with torch's fused kernel: one pass per parameter instead of one per
     operation; about 3x faster than the foreach update on our 2-core CPU (bench/kernel_speed.py).
     seq2seq.optim.FusedAdam calls the kernel as torch.optim.Adam(fused=True) does, without
-    importing torch._dynamo at start-up; torch.optim's foreach Adam on other devices."""
+    importing torch._dynamo at start-up; torch.optim's Adam on other devices."""
     t = cfg.train
     params = list(model.parameters())
     if all(p.device.type in FUSED_DEVICES for p in params):

@@ -53,8 +53,12 @@ def test_updates_are_torch_fused_adams_bit_for_bit(decoupled):
 def test_state_dicts_load_both_ways_and_continue_exactly(direction):
     """A checkpoint written with torch.optim (before FusedAdam) resumes exactly, and back."""
     first, second = model_pair()
-    make_ours = lambda m: FusedAdam(m.parameters(), lr=0.01, weight_decay=0.1)  # noqa: E731
-    make_torch = lambda m: torch.optim.Adam(m.parameters(), lr=0.01, weight_decay=0.1, fused=True)  # noqa: E731
+    def make_ours(m):
+        return FusedAdam(m.parameters(), lr=0.01, weight_decay=0.1)
+
+    def make_torch(m):
+        return torch.optim.Adam(m.parameters(), lr=0.01, weight_decay=0.1, fused=True)
+
     writer, reader = (make_torch, make_ours) if direction == "torch to ours" else (make_ours, make_torch)
     optimizer = writer(first)
     train(first, optimizer, 3)
