@@ -204,9 +204,8 @@ print(json.dumps({"seconds": seconds, "pieces": sum(len(t.tokens) for t in best 
 
 
 def bleu(hypotheses: list[str], reference: Path) -> float:
-    import sacrebleu
-    from seq2seq import corpus
-    return sacrebleu.corpus_bleu(hypotheses, [corpus.read_lines(reference)]).score
+    from seq2seq import corpus, scoring
+    return scoring.score(hypotheses, corpus.read_lines(reference))["bleu"]
 
 
 def onmt_decode(venv: Path, steps: int, reference: Path) -> dict:

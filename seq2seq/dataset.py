@@ -58,9 +58,9 @@ class Column(Sequence):
         self.typecode, dtype = ID_TYPES[id_type]
         self.itemsize = dtype.itemsize
         # Where every BLOCK-th sentence starts (8 bytes per BLOCK sentences); a sentence's start
-        # adds the lengths before it in its block.
-        # Summed a slice at a time: a widened copy of all the lengths (8 bytes a sentence) would
-        # stay in the process's heap after it is freed, and count against training's peak memory.
+        # adds the lengths before it in its block. Summed a slice at a time: a widened copy of
+        # all the lengths (8 bytes a sentence) would stay in the process's heap after it is
+        # freed, and count against training's peak memory.
         whole = len(lengths) - len(lengths) % BLOCK
         sums = [part.sum(1, dtype=torch.int64) for part in lengths[:whole].view(-1, BLOCK).split(1 << 12)]
         sums.append(lengths[whole:].sum(dtype=torch.int64)[None])                # the last, partial block
