@@ -49,15 +49,18 @@ def test_updates_are_torch_fused_adams_bit_for_bit(decoupled):
             assert torch.equal(mine["state"][i][key], value) and mine["state"][i][key].dtype == value.dtype
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("direction", ["torch to ours", "ours to torch"])
-def test_state_dicts_load_both_ways_and_continue_exactly(direction):
-    """A checkpoint written with torch.optim (before FusedAdam) resumes exactly, and back."""
+def test_state_dicts_load_both_ways_and_continue_exactly(direction, decoupled):
+    """A checkpoint written with torch.optim (before FusedAdam) resumes exactly, and back,
+    for Adam and for AdamW (whose decay is applied to the weights, not the gradient)."""
     first, second = model_pair()
     def make_ours(m):
-        return FusedAdam(m.parameters(), lr=0.01, weight_decay=0.1)
+        return FusedAdam(m.parameters(), lr=0.01, weight_decay=0.1, decoupled=decoupled)
 
     def make_torch(m):
-        return torch.optim.Adam(m.parameters(), lr=0.01, weight_decay=0.1, fused=True)
+        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+        return cls(m.parameters(), lr=0.01, weight_decay=0.1, fused=True)
 
     writer, reader = (make_torch, make_ours) if direction == "torch to ours" else (make_ours, make_torch)
     optimizer = writer(first)
@@ -82,6 +85,15 @@ def test_a_state_of_another_model_is_a_clear_error():
     reshaped = FusedAdam([torch.nn.Parameter(torch.zeros(2, 2)) for _ in model.parameters()], lr=0.01)
     with pytest.raises(Seq2SeqError, match=r"parameter 0 has shape \(11, 6\), the model's is \(2, 2\)"):
         reshaped.load_state_dict(state)
+
+
+@pytest.mark.parametrize("setting", [{"lr": -0.1}, {"eps": -1.0}, {"weight_decay": -0.01},
+                                     {"betas": (0.9, 1.0)}, {"betas": (0.9,)}])
+def test_settings_out_of_range_are_refused(setting):
+    model, _ = model_pair()
+    (name,) = setting
+    with pytest.raises(ValueError, match=f"FusedAdam: {name} = .* is out of range"):
+        FusedAdam(model.parameters(), **{"lr": 0.01, **setting})
 
 
 def test_training_steps_do_not_import_torch_dynamo():

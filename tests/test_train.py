@@ -2,6 +2,7 @@
 exact resume, refusals, non-finite steps, early stopping, torchrun (gloo, CPU) and the CLI
 with SIGINT. Everything runs on CPU with one thread per process."""
 
+import copy
 import json
 import math
 import signal
@@ -112,8 +113,10 @@ def test_metrics_checkpoints_and_config_written(overfit_run):
 # ---------------------------------------------------------------- exact resume
 
 
-def test_declared_torch_floor_has_the_fused_cpu_adam_training_uses(small_task):
-    """pyproject's torch floor must be a release whose Adam takes fused=True for CPU tensors."""
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_declared_torch_floor_has_the_fused_cpu_adam_training_uses(small_task, kind):
+    """pyproject's torch floor must be a release whose Adam takes fused=True for CPU tensors, and
+    training's optimizer makes the update torch's fused Adam/AdamW makes with the recipe's settings."""
     import re
     import tomllib
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -121,9 +124,20 @@ def test_declared_torch_floor_has_the_fused_cpu_adam_training_uses(small_task):
     floor = re.fullmatch(r"torch>=(\d+)\.(\d+)(\.\d+)?", spec.replace(" ", ""))
     assert floor, f"torch requirement {spec!r} has no plain >= floor"
     assert (int(floor[1]), int(floor[2])) >= train_module.FUSED_ADAM_CPU_SINCE
-    cfg = tiny_config(small_task)
-    optimizer = train_module.make_optimizer(build_model(cfg.model, 30, 30), cfg)
-    assert isinstance(optimizer, FusedAdam) and optimizer.param_groups[0]["fused"] is True
+    cfg = tiny_config(small_task, f"train.optimizer='{kind}'", "train.weight_decay=0.1")
+    torch.manual_seed(0)
+    ours = build_model(cfg.model, 30, 30)
+    theirs = copy.deepcopy(ours)
+    optimizer = train_module.make_optimizer(ours, cfg)
+    cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    reference = cls(theirs.parameters(), lr=cfg.train.lr, betas=(0.9, 0.98), weight_decay=0.1, fused=True)
+    assert isinstance(optimizer, FusedAdam)
+    for model, opt in ((ours, optimizer), (theirs, reference)):  # one update: the same bits as torch's fused Adam
+        for i, p in enumerate(model.parameters()):
+            p.grad = torch.full_like(p, 0.01 * (i + 1))
+        opt.step()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        assert torch.equal(a, b), name
 
 
 def test_validation_decodes_with_every_decode_setting(small_task, tmp_path, monkeypatch):
