@@ -16,8 +16,11 @@ larger corpus has more of the rare long pairs), every command in its own process
   cache            bytes of the training split's arrays per token (source + target pieces)
   train            50 steps: seconds from the process start to the first step done, peak RSS
   torchrun         (the smallest and the largest size, when that is 1M pairs or more) two ranks on
-                   CPU (gloo): the ranks' summed PSS, against one process's PSS (the corpus sits
-                   once in the page cache, shared by the ranks), and the largest against the smallest
+                   CPU (gloo): the ranks' summed PSS (torchrun's own launcher process apart),
+                   against one process's PSS (the corpus sits once in the page cache, shared by the
+                   ranks), and the largest against the smallest; the issue's bound, 1.2x one
+                   process + the model's training state (weights, gradients, two Adam moments),
+                   beside what any second process costs at least: `import torch` + that state
 
 --quick runs the first two sizes (about 3 minutes on 2 cores). Last line:
 prepare_rss_gib=<largest> prepare_vs_spm=<ratio> train_rss_ratio=<largest/smallest> first_step_s=<largest>
@@ -29,9 +32,11 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -92,6 +97,7 @@ class MemorySampler:
 
     def __init__(self, pid: int):
         self.pid, self.peak, self.hwm, self._stop = pid, 0, 0, threading.Event()
+        self.peak_children = 0  # the descendants alone (torchrun's ranks without the launcher)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -118,15 +124,17 @@ class MemorySampler:
                         self.hwm = max(self.hwm, int(line.split()[1]) * 1024)
             except OSError:
                 pass
-            total = 0
+            total = children = 0
             for pid in self._tree():
                 try:
                     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                         if line.startswith("Pss:"):
-                            total += int(line.split()[1]) * 1024
+                            pss = int(line.split()[1]) * 1024
+                            total += pss
+                            children += pss if pid != self.pid else 0
                 except OSError:
                     pass
-            self.peak = max(self.peak, total)
+            self.peak, self.peak_children = max(self.peak, total), max(self.peak_children, children)
             self._stop.wait(0.05)
 
     def stop(self) -> None:
@@ -136,9 +144,11 @@ class MemorySampler:
 
 def run(cmd: list[str], watch: Path | None = None) -> dict:
     """Run a command to its end: wall seconds, peak RSS (its own, bytes), the peak PSS of its
-    process tree and, with `watch` (metrics.jsonl), the seconds until it holds a training step."""
+    process tree and of its descendants alone, its stdout and, with `watch` (metrics.jsonl), the
+    seconds until it holds a training step."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
     sampler = MemorySampler(proc.pid)
     first_step = None
     while watch is not None and first_step is None and proc.poll() is None:
@@ -150,8 +160,11 @@ def run(cmd: list[str], watch: Path | None = None) -> dict:
     sampler.stop()
     if status != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{stderr[-2000:]}")
+    out.seek(0)
+    stdout = out.read()
+    out.close()
     return {"seconds": time.perf_counter() - start, "peak_rss": sampler.hwm, "peak_pss": sampler.peak,
-            "first_step_s": first_step}
+            "peak_pss_children": sampler.peak_children, "first_step_s": first_step, "stdout": stdout}
 
 
 def spm_encode(model: Path, files: list[Path], work: Path) -> float | None:
@@ -209,7 +222,10 @@ def measure(n: int, data_dir: Path, work: Path, torchrun: bool) -> dict:
                "--set", "train.threads=1"]
         ddp = run(cmd)
         shutil.rmtree(ddp_dir)
-        row["ddp2_pss"] = ddp["peak_pss"]
+        row["ddp2_pss"], row["ddp2_ranks_pss"] = ddp["peak_pss"], ddp["peak_pss_children"]
+        params = int(re.search(r"^  total +([\d,]+)$", train["stdout"], re.M).group(1).replace(",", ""))
+        row["model_state_bytes"] = 4 * 4 * params  # float32 weights, gradients, Adam's two moments
+        row["import_pss"] = run([sys.executable, "-c", "import time, torch, seq2seq.train; time.sleep(1)"])["peak_pss"]
     return row
 
 
@@ -239,10 +255,16 @@ def main() -> None:
     last, first = rows[-1], rows[0]
     for r in rows:
         if "ddp2_pss" in r:
-            print(f"torchrun, 2 ranks at {r['pairs']:,} pairs: summed PSS {r['ddp2_pss'] / gib:.3f} GiB "
-                  f"against one process's {r['train_pss'] / gib:.3f} GiB ({r['ddp2_pss'] / r['train_pss']:.2f}x)")
-    if "ddp2_pss" in last and "ddp2_pss" in first and last is not first:
-        print(f"two ranks at {last['pairs']:,} pairs hold {last['ddp2_pss'] / first['ddp2_pss']:.3f}x "
+            one, ranks, state = r["train_pss"], r["ddp2_ranks_pss"], r["model_state_bytes"]
+            bound = 1.2 * one + state
+            print(f"torchrun, 2 ranks at {r['pairs']:,} pairs: the ranks' summed PSS {ranks / gib:.3f} GiB "
+                  f"(+ {(r['ddp2_pss'] - ranks) / gib:.3f} GiB torchrun's launcher) against one process's "
+                  f"{one / gib:.3f} GiB ({ranks / one:.2f}x)\n  the issue's bound 1.2x one + model state "
+                  f"{state / gib:.3f} = {bound / gib:.3f} GiB: {'met' if ranks <= bound else 'not met'}\n  "
+                  f"one process + the least a second costs (import {r['import_pss'] / gib:.3f} + state "
+                  f"{state / gib:.3f}) = {(one + r['import_pss'] + state) / gib:.3f} GiB")
+    if "ddp2_ranks_pss" in last and "ddp2_ranks_pss" in first and last is not first:
+        print(f"two ranks at {last['pairs']:,} pairs hold {last['ddp2_ranks_pss'] / first['ddp2_ranks_pss']:.3f}x "
               f"the memory of two ranks at {first['pairs']:,}")
     vs_spm = (last["encode_lines_per_s"] / last["spm_encode_lines_per_s"]) if last["spm_encode_lines_per_s"] else float("nan")
     save_result("data_scale", {"hardware": hw, "rows": rows})
