@@ -8,6 +8,7 @@ validation BLEU so that every rank steps its learning-rate schedule the same way
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -223,13 +224,21 @@ def run(cfg: Config, expdir: Path, data_dir: str | None = None, resume: bool = F
     """Prepare (rank 0 first, the others then reuse its cache) and train."""
     check_before_prepare(cfg, expdir, resume)  # before prepare() may retrain the tokenizer
     device = setup_device(cfg)
+    owns_group = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized()
     rank, world = setup_distributed(device)
-    if rank != 0:
-        dist.barrier()
-    prepared = prepare(cfg, expdir, data_dir, log=print if rank == 0 else (lambda *a: None))
-    if rank == 0 and world > 1:
-        dist.barrier()
-    return train(cfg, expdir, prepared, resume)
+    try:
+        if rank != 0:
+            dist.barrier()
+        prepared = prepare(cfg, expdir, data_dir, log=print if rank == 0 else (lambda *a: None))
+        if rank == 0 and world > 1:
+            dist.barrier()
+        return train(cfg, expdir, prepared, resume)
+    finally:
+        if owns_group:
+            # Tear down while the interpreter is whole: DDP's reference cycles keep the group (and
+            # gloo's worker threads) alive until a collection, and at exit that aborted 1 run in 24.
+            gc.collect()
+            dist.destroy_process_group()
 
 
 class StopRequest:
