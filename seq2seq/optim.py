@@ -27,10 +27,11 @@ class FusedAdam:
 
     def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decoupled: bool = False):
-        for name, value, ok in (("lr", lr, lr >= 0), ("eps", eps, eps >= 0), ("weight_decay", weight_decay, weight_decay >= 0),
-                                ("betas", betas, len(betas) == 2 and all(0 <= b < 1 for b in betas))):
-            if not ok:
+        for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay)):
+            if not value >= 0:
                 raise ValueError(f"FusedAdam: {name} = {value!r} is out of range")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"FusedAdam: betas = {betas!r} is out of range")
         self.params = list(params)
         for p in self.params:
             if p.device.type not in FUSED_DEVICES:

@@ -224,7 +224,7 @@ def run(cfg: Config, expdir: Path, data_dir: str | None = None, resume: bool = F
     """Prepare (rank 0 first, the others then reuse its cache) and train."""
     check_before_prepare(cfg, expdir, resume)  # before prepare() may retrain the tokenizer
     device = setup_device(cfg)
-    owns_group = int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized()
+    had_group = dist.is_initialized()
     rank, world = setup_distributed(device)
     try:
         if rank != 0:
@@ -234,7 +234,7 @@ def run(cfg: Config, expdir: Path, data_dir: str | None = None, resume: bool = F
             dist.barrier()
         return train(cfg, expdir, prepared, resume)
     finally:
-        if owns_group:
+        if dist.is_initialized() and not had_group:  # the group setup_distributed made here
             # Tear down while the interpreter is whole: DDP's reference cycles keep the group (and
             # gloo's worker threads) alive until a collection; left to the exit, gloo aborted about
             # 1 in 12 runs of tests/test_train.py's torchrun test.

@@ -55,6 +55,7 @@ def test_state_dicts_load_both_ways_and_continue_exactly(direction, decoupled):
     """A checkpoint written with torch.optim (before FusedAdam) resumes exactly, and back,
     for Adam and for AdamW (whose decay is applied to the weights, not the gradient)."""
     first, second = model_pair()
+
     def make_ours(m):
         return FusedAdam(m.parameters(), lr=0.01, weight_decay=0.1, decoupled=decoupled)
 
