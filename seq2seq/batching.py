@@ -1,4 +1,4 @@
-"""Encoded parallel data, the token-budget bucketing sampler and collation into Batch.
+"""The token-budget bucketing sampler, and collation of a split's examples into a Batch.
 
 Usable without a model: nothing here imports model code.
 
@@ -11,46 +11,14 @@ never exceeds the token budget.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from seq2seq.dataset import Split
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import BOS, EOS, PAD
-
-
-class Split(Protocol):
-    """What batching and validation read from an encoded split: EncodedSplit (lists, for small
-    data and tests) or dataset.CachedSplit (prepare's arrays on disk)."""
-
-    name: str
-    src: Sequence[list[int]]
-    tgt: Sequence[list[int]]
-    refs: list[str]  # the raw target lines of a scored split
-
-    def __len__(self) -> int: ...
-
-    def sizes(self) -> Tensor: ...
-
-
-@dataclass
-class EncodedSplit:
-    """One split as lists of piece ids; `refs` are the raw target lines (never filtered)."""
-
-    name: str
-    src: list[list[int]]
-    tgt: list[list[int]]
-    refs: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.src)
-
-    def sizes(self) -> Tensor:
-        """(n,) int64: max(len(src), len(tgt)) + 1 per pair, what a batch's budget counts."""
-        return torch.tensor([max(len(s), len(t)) + 1 for s, t in zip(self.src, self.tgt)], dtype=torch.int64)
 
 
 @dataclass

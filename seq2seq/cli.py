@@ -7,6 +7,7 @@ Exit status: 0 on success, 2 on bad usage or input (one line `error: ...` on std
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -33,7 +34,15 @@ def build_parser() -> Parser:
     p = Parser(prog="seq2seq", description="Deep stacked RNN encoder-decoder NMT: train, translate, score.")
     p.add_argument("--version", action="version", version=f"seq2seq {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    _training_commands(sub)
+    _translate_command(sub)
+    _scoring_commands(sub)
+    _inspection_commands(sub)
+    _serve_command(sub)
+    return p
 
+
+def _training_commands(sub) -> None:
     s = sub.add_parser("prepare", help="check the corpus, train SentencePiece, encode and cache the splits")
     s.add_argument("recipe", help="recipe TOML file")
     s.add_argument("--data-dir", help="Multi30K directory (default: $SEQ2SEQ_DATA_DIR, else data/multi30k)")
@@ -47,6 +56,14 @@ def build_parser() -> Parser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--resume", action="store_true", help="continue from EXPDIR/checkpoints/last.pt")
 
+    s = sub.add_parser("average", help="average the weights of several checkpoints")
+    s.add_argument("inputs", nargs="+", help="checkpoint files, or one experiment directory with --last")
+    s.add_argument("--last", type=positive_int,
+                   help="average the newest N step checkpoints of the experiment directory")
+    s.add_argument("-o", "--output", required=True)
+
+
+def _translate_command(sub) -> None:
     s = sub.add_parser("translate", help="translate text (stdin -> stdout by default)")
     s.add_argument("model", nargs="+", help="experiment directory or checkpoint file; several make an ensemble")
     s.add_argument("-i", "--input", help="input file (default: stdin)")
@@ -60,6 +77,8 @@ def build_parser() -> Parser:
                    help="translate at most this many lines at once (input that pauses is translated at once)")
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
+
+def _scoring_commands(sub) -> None:
     s = sub.add_parser("score", help="sacreBLEU BLEU and chrF of hypotheses against references")
     s.add_argument("--ref", required=True, help="reference file (plain or .gz)")
     s.add_argument("--hyp", help="hypothesis file (default: stdin)")
@@ -86,6 +105,8 @@ def build_parser() -> Parser:
     s.add_argument("--batch-tokens", type=int, help="source tokens per batch (beams included)")
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
+
+def _inspection_commands(sub) -> None:
     s = sub.add_parser("plot", help="learning curves (loss, validation loss and BLEU) from metrics.jsonl")
     s.add_argument("expdir", nargs="+", help="experiment directories, one line each")
     s.add_argument("-o", "--output", default="curves.png")
@@ -98,32 +119,35 @@ def build_parser() -> Parser:
     s.add_argument("--json", action="store_true", help="print the raw matrix and subwords as JSON instead")
     _decode_options(s)
 
+
+# `seq2seq serve`'s limits: the flag of each field of serve.protocol.Limits (whose defaults are the
+# flags' defaults) and what it limits.
+SERVE_LIMITS = {
+    "max_body_bytes": (positive_int, "request body bytes"),
+    "max_lines": (positive_int, "lines per request"),
+    "max_line_chars": (positive_int, "characters per line"),
+    "max_beam": (positive_int, "the largest beam a request may ask for"),
+    "timeout": (float, "seconds per request (reading the body, queueing, decoding) before a 503"),
+    "max_queue_lines": (positive_int, "lines waiting to be decoded before requests get 503 + Retry-After"),
+    "max_batch_lines": (positive_int, "lines decoded together at most"),
+    "max_wait_ms": (float, "how long a request that finds the server idle waits for companions"),
+    "max_connections": (positive_int, "open connections at most; more get 503"),
+}
+
+
+def _serve_command(sub) -> None:
+    from seq2seq.serve.protocol import Limits  # standard library only: no Starlette needed to parse
     s = sub.add_parser("serve", help="serve translations over HTTP, with a web page (needs seq2seq[serve])")
     s.add_argument("model", nargs="+", help="experiment directory or checkpoint file; several make an ensemble")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     s.add_argument("--threads", type=positive_int, help="torch threads for decoding (default: torch's)")
-    s.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="request body limit (default 1 MiB)")
-    s.add_argument("--max-lines", type=positive_int, default=256, help="lines per request (default 256)")
-    s.add_argument("--max-line-chars", type=positive_int, default=5000, help="characters per line (default 5000)")
-    s.add_argument("--max-beam", type=positive_int, default=16, help="largest beam a request may ask for")
-    s.add_argument("--timeout", type=float, default=30.0, help="seconds per request before a 503 (default 30)")
-    s.add_argument("--max-queue-lines", type=positive_int, default=4096,
-                   help="lines waiting to be decoded before requests get 503 + Retry-After (default 4096)")
-    s.add_argument("--max-batch-lines", type=positive_int, default=256, help="lines decoded together at most")
-    s.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a request that finds the server idle waits for companions (default 5)")
-    s.add_argument("--max-connections", type=positive_int, default=512,
-                   help="open connections at most; more get 503 (default 512)")
+    for f in dataclasses.fields(Limits):
+        kind, what = SERVE_LIMITS[f.name]
+        s.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
+                       help=f"{what} (default {f.default})")
     s.add_argument("--access-log", action="store_true", help="log every request (rejected ones always are)")
-
-    s = sub.add_parser("average", help="average the weights of several checkpoints")
-    s.add_argument("inputs", nargs="+", help="checkpoint files, or one experiment directory with --last")
-    s.add_argument("--last", type=positive_int,
-                   help="average the newest N step checkpoints of the experiment directory")
-    s.add_argument("-o", "--output", required=True)
-    return p
 
 
 def _decode_options(s: argparse.ArgumentParser) -> None:
@@ -322,13 +346,14 @@ def cmd_serve(args) -> int:
         raise Seq2SeqError(f"--max-lines ({args.max_lines}) must be <= --max-queue-lines ({args.max_queue_lines}), "
                            "else a request of that many lines could never be queued")
     try:
-        from seq2seq import serve
+        from seq2seq.serve import app
     except ModuleNotFoundError as e:
         raise Seq2SeqError(f"seq2seq serve needs {e.name}: pip install 'seq2seq[serve]'") from None
-    limits = serve.Limits(args.max_body_bytes, args.max_lines, args.max_line_chars, args.max_beam, args.timeout,
-                          args.max_queue_lines, args.max_batch_lines, args.max_wait_ms, args.max_connections)
-    serve.serve(lambda: serve.Translator.load(args.model, args.device), args.host, args.port, limits, args.threads,
-                args.access_log)
+    from seq2seq.serve.protocol import Limits
+    from seq2seq.translate import Translator
+    limits = Limits(**{name: getattr(args, name) for name in SERVE_LIMITS})
+    app.serve(lambda: Translator.load(args.model, args.device), args.host, args.port, limits, args.threads,
+              args.access_log)
     return 0
 
 

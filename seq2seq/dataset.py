@@ -1,6 +1,11 @@
-"""Encoded splits on disk: flat arrays of piece ids with a length index (fairseq's layout).
+"""The split types: what batching, training and validation read an encoded split from.
 
-A split NAME in a cache directory is five files:
+    Split         the protocol: name, src and tgt (sequences of piece-id lists), refs, sizes()
+    EncodedSplit  a split as Python lists (small data, tests)
+    CachedSplit   a split in prepare's cache on disk, its two sides `Column`s read by sentence
+    SplitWriter   writes a cached split chunk by chunk; `load_split` opens one
+
+On disk (fairseq's layout), a split NAME in a cache directory is five files:
 
     NAME.src.ids  NAME.tgt.ids   every sentence's piece ids, one after another
                                  (uint16 when the vocabulary fits, else int32)
@@ -11,9 +16,9 @@ A split NAME in a cache directory is five files:
 Training never loads the id files: a batch reads its sentences with `pread`, so start-up does
 not grow with the corpus, nothing is copied into Python lists, and processes on one machine
 (DDP ranks) share the page cache. Only the lengths are read (1 byte a sentence for sentences
-under 256 pieces), with the start of every 64th sentence. Mapping the files with `mmap` instead
-cost resident memory: the kernel maps up to 64 KB around every page a sentence touches, about
-8 MB a training step at 2.9M pairs.
+under 256 pieces), with the start of every 64th sentence. The id files are read, not mapped
+with `mmap`: a mapping's resident memory grows with every page a sentence touches (the kernel
+maps ahead around each fault), while `pread` leaves that to the page cache.
 
 A cache is used only if NAME.json names the same key and the files have exactly the sizes it
 states, with lengths that add up to the ids; anything else is rebuilt, never trusted.
@@ -28,6 +33,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -41,6 +47,37 @@ SIDES = ("src", "tgt")
 BLOCK = 64  # sentences per entry of a column's start index
 
 
+class Split(Protocol):
+    """What batching and validation read from an encoded split: EncodedSplit (lists, for small
+    data and tests) or CachedSplit (prepare's arrays on disk)."""
+
+    name: str
+    src: Sequence[list[int]]
+    tgt: Sequence[list[int]]
+    refs: list[str]  # the raw target lines of a scored split
+
+    def __len__(self) -> int: ...
+
+    def sizes(self) -> Tensor: ...
+
+
+@dataclass
+class EncodedSplit:
+    """One split as lists of piece ids; `refs` are the raw target lines (never filtered)."""
+
+    name: str
+    src: list[list[int]]
+    tgt: list[list[int]]
+    refs: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def sizes(self) -> Tensor:
+        """(n,) int64: max(len(src), len(tgt)) + 1 per pair, what a batch's budget counts."""
+        return torch.tensor([max(len(s), len(t)) + 1 for s, t in zip(self.src, self.tgt)], dtype=torch.int64)
+
+
 def id_type(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "int32"
 
@@ -51,7 +88,8 @@ def len_type(longest: int) -> str:
 
 class Column(Sequence):
     """One side of a split, sentence i read from the ids file with pread when asked for (the
-    page cache keeps what is hot, shared by every process)."""
+    page cache keeps what is hot, shared by every process). Iterating reads sentence by sentence
+    too (Sequence's __iter__): nothing here reads a whole ids file into memory."""
 
     def __init__(self, path: Path, id_type: str, lengths: Tensor):
         self.path, self.lengths = path, lengths                         # lengths (n,)
@@ -83,18 +121,6 @@ class Column(Sequence):
         if len(data) != n * self.itemsize:
             raise Seq2SeqError(f"{self.path}: shorter than its index says (changed while in use?)")
         return array(self.typecode, data).tolist()
-
-    def __iter__(self):
-        ids = array(self.typecode, self.path.read_bytes())
-        start = 0
-        for n in self.lengths.tolist():
-            yield ids[start:start + n].tolist()
-            start += n
-
-    def __eq__(self, other) -> bool:  # as a list of lists: a column equals the lists it was written from
-        return isinstance(other, (Column, list)) and len(self) == len(other) and list(self) == list(other)
-
-    __hash__ = None
 
 
 @dataclass

@@ -5,7 +5,7 @@
 every parameter's step counter. FusedAdam makes exactly those calls, so an update is bit for bit
 the one torch.optim gives. What it leaves out is the rest of torch.optim.Optimizer: its methods
 are wrapped to be skipped by torch.compile, and the first call of any of them imports
-torch._dynamo, 0.8 s of a 3 s training start-up on our 2-core CPU (bench/data_scale.py).
+torch._dynamo, a large share of training's start-up time (bench/data_scale.py measures it).
 
 The state dict has torch.optim.Adam's layout (`state` by parameter index with `step`,
 `exp_avg`, `exp_avg_sq`; one entry in `param_groups`), so checkpoints written by either load
@@ -18,7 +18,8 @@ import torch
 
 from seq2seq.errors import Seq2SeqError
 
-FUSED_DEVICES = ("cpu", "cuda")  # where torch has the fused kernel (CPU since torch 2.4)
+FUSED_DEVICES = ("cpu", "cuda")  # where torch has the fused kernel
+FUSED_ADAM_CPU_SINCE = (2, 4)  # the torch release whose fused Adam/AdamW kernels take CPU tensors
 
 
 class FusedAdam:

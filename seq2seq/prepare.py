@@ -18,10 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from seq2seq import corpus
+from seq2seq import corpus, multi30k
 from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import Config, to_dict
 from seq2seq.dataset import CachedSplit, SplitWriter, load_split
@@ -57,10 +58,10 @@ def split_files(cfg: Config, data_dir: str | None = None, only: list[str] | None
         files = {"train": tuple(map(Path, d.train)), "valid": tuple(map(Path, d.valid))}
         files.update({name: tuple(map(Path, pair)) for name, pair in d.test.items()})
         return {k: v for k, v in files.items() if only is None or k in only}
-    root = corpus.resolve_data_dir(data_dir or os.environ.get("SEQ2SEQ_DATA_DIR") or d.data_dir or None)
+    root = multi30k.resolve_data_dir(data_dir or os.environ.get("SEQ2SEQ_DATA_DIR") or d.data_dir or None)
     names = {"train": "train", "valid": d.valid_split, **{t: t for t in d.test_splits}}
-    return {name: (corpus.multi30k_path(root, split, d.src, download),
-                   corpus.multi30k_path(root, split, d.tgt, download))
+    return {name: (multi30k.split_file(root, split, d.src, download),
+                   multi30k.split_file(root, split, d.tgt, download))
             for name, split in names.items() if only is None or name in only}
 
 
@@ -75,9 +76,16 @@ def prepare(cfg: Config, expdir: Path, data_dir: str | None = None, log=print) -
 
 
 class _Digests:
-    """sha256 of the input files, remembered with each file's size and modification time so
-    that a run over unchanged files (every training start, every DDP rank) does not read
-    gigabytes again; a file whose size or mtime changed is hashed anew."""
+    """sha256 of the input files' whole content, remembered with each file's identity: size,
+    modification time, inode change time (ctime), inode and device. A run over unchanged files
+    (every training start, every DDP rank) does not read gigabytes again; any change of the
+    identity hashes the file anew, and the caches are keyed by the content digest.
+
+    A copy made with `cp -p` or `rsync -a` keeps size and mtime but not ctime or inode (ctime
+    cannot be set by a user: the kernel stamps it on every write, rename and chmod), so it is
+    hashed again. What this can still miss: a file rewritten in place within one tick of a
+    filesystem's ctime clock (coarse on some network and FAT filesystems) to the same size and
+    mtime, or changed behind the kernel's back (a raw device write, a clock set backwards)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -91,11 +99,11 @@ class _Digests:
         try:
             st = file.stat()
         except OSError:
-            return corpus.file_digest(file)  # names the file in its error
-        stamp = [st.st_size, st.st_mtime_ns]
+            return file_digest(file)  # names the file in its error
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
         entry = self.known.get(str(file.absolute()))
         if not (isinstance(entry, dict) and entry.get("stamp") == stamp):
-            entry = {"stamp": stamp, "sha256": corpus.file_digest(file)}
+            entry = {"stamp": stamp, "sha256": file_digest(file)}
             self.known[str(file.absolute())] = entry
             self.changed = True
         return entry["sha256"]
@@ -130,9 +138,9 @@ def _tokenizers(cfg: Config, expdir: Path, train_files: tuple[Path, Path], diges
         pass  # aligned, readable and not empty, before SentencePiece trains on it
     src_path, tgt_path = train_files
     if cfg.tokenizer.joint:
-        src, tgt = corpus.sample_lines([src_path, tgt_path], k, seed), []
+        src, tgt = sample_lines([src_path, tgt_path], k, seed), []
     else:
-        src, tgt = corpus.sample_lines([src_path], k, seed), corpus.sample_lines([tgt_path], k, seed)
+        src, tgt = sample_lines([src_path], k, seed), sample_lines([tgt_path], k, seed)
     log(f"prepare: training SentencePiece ({cfg.tokenizer.type}, {cfg.tokenizer.vocab_size}, "
         f"{'joint' if cfg.tokenizer.joint else 'separate'}) on {len(src) + len(tgt)} training sentences")
     tok = train_tokenizers(src, tgt, cfg.tokenizer, expdir)
@@ -194,3 +202,35 @@ def _filter_training(src_lines: list[str], tgt_lines: list[str], src: list[list[
 
 def _write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def sample_lines(paths: list[Path], k: int, seed: int) -> list[str]:
+    """Non-empty lines of the files, in order while there are at most k of them, else a
+    uniform sample of k (reservoir sampling, seeded): never more than k lines in memory."""
+    rng, sample, seen = random.Random(seed), [], 0
+    for path in paths:
+        with corpus.open_binary(path) as f:
+            for chunk in corpus.read_line_chunks(f, 10_000, str(path)):
+                for line in chunk:
+                    if not line.strip():
+                        continue
+                    seen += 1
+                    if len(sample) < k:
+                        sample.append(line)
+                    elif (j := rng.randrange(seen)) < k:
+                        sample[j] = line
+    return sample
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+    except FileNotFoundError:
+        raise Seq2SeqError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise Seq2SeqError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return h.hexdigest()

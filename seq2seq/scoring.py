@@ -26,6 +26,13 @@ def score(hyps: list[str], refs: list[str], lowercase: bool = False, tokenize: s
             "sentences": len(hyps)}
 
 
+def corpus_bleu(hyps: list[str], refs: list[str]) -> float:
+    """Corpus BLEU with sacrebleu's defaults, unrounded: what validation tracks."""
+    if len(hyps) != len(refs):
+        raise Seq2SeqError(f"hypotheses have {len(hyps)} lines but references have {len(refs)}")
+    return BLEU().corpus_score(hyps, [refs]).score
+
+
 def score_files(ref: str | Path, hyp_lines: list[str], hyp_name: str, **kwargs) -> dict:
     refs = corpus.read_lines(ref)
     if len(refs) != len(hyp_lines):

@@ -19,14 +19,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import sacrebleu
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from seq2seq import checkpoint
-from seq2seq.batching import Batch, Split, TokenBatchSampler, collate, eval_batches
+from seq2seq import checkpoint, scoring
+from seq2seq.batching import Batch, TokenBatchSampler, collate, eval_batches
 from seq2seq.config import Config, DecodeConfig, diff, dump_toml, from_dict, to_dict
+from seq2seq.dataset import Split
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import Objective, Seq2Seq, build_model, summary
 from seq2seq.optim import FUSED_DEVICES, FusedAdam
@@ -115,12 +115,9 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-FUSED_ADAM_CPU_SINCE = (2, 4)  # the torch release whose fused Adam/AdamW kernels take CPU tensors
-
-
 def make_optimizer(model: Seq2Seq, cfg: Config) -> FusedAdam | torch.optim.Optimizer:
-    """Adam or AdamW with torch's fused kernel: one pass per parameter instead of one per
-    operation; about 3x faster than the foreach update on our 2-core CPU (bench/kernel_speed.py).
+    """Adam or AdamW with torch's fused kernel: one pass over each parameter instead of one per
+    operation (bench/kernel_speed.py compares it with the foreach update).
     seq2seq.optim.FusedAdam calls the kernel as torch.optim.Adam(fused=True) does, without
     importing torch._dynamo at start-up; torch.optim's Adam on other devices."""
     t = cfg.train
@@ -178,10 +175,10 @@ def validate(model: Seq2Seq, split: Split, prepared: Prepared, cfg: Config,
         tokens += batch.ntokens
     hyps = decode_ids(model, split.src, valid_decode_config(cfg), device)
     texts = prepared.tokenizers.tgt.decode([h[0].tokens for h in hyps])
-    bleu = sacrebleu.corpus_bleu(texts, [split.refs])
+    bleu = scoring.corpus_bleu(texts, split.refs)
     model.train()
     return {"valid_loss": nll_sum / tokens, "valid_ppl": math.exp(min(nll_sum / tokens, 50)),
-            "valid_bleu": bleu.score, "examples": texts[:2]}
+            "valid_bleu": bleu, "examples": texts[:2]}
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -236,8 +233,8 @@ def run(cfg: Config, expdir: Path, data_dir: str | None = None, resume: bool = F
     finally:
         if dist.is_initialized() and not had_group:  # the group setup_distributed made here
             # Tear down while the interpreter is whole: DDP's reference cycles keep the group (and
-            # gloo's worker threads) alive until a collection; left to the exit, gloo aborted about
-            # 1 in 12 runs of tests/test_train.py's torchrun test.
+            # gloo's worker threads) alive until a collection, and a group left to the interpreter's
+            # exit can abort the process ("terminate called without an active exception").
             gc.collect()
             dist.destroy_process_group()
 

@@ -2,15 +2,11 @@
 the reverse-task model that most decoding tests use. Test modules import helpers from here,
 never from each other."""
 
-import http.client
-import json
+import gzip
 import os
 import random
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +14,7 @@ import torch
 
 from seq2seq.config import AttentionConfig, DecoderConfig, EncoderConfig, ModelConfig
 from seq2seq.model import build_model
+from seq2seq.serve.process import ServerProcess
 from seq2seq.tokenizer import BOS, PAD
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +47,18 @@ def skip_unless_ci(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} (CI=true: every test must run)")
     pytest.skip(reason)
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path`, gzip-compressed when the name ends in .gz."""
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def rows(column) -> list[list[int]]:
+    """A split's side as a list of piece-id lists, read sentence by sentence through
+    `column[i]`: the path training reads (a dataset.Column has no whole-file comparison)."""
+    return [column[i] for i in range(len(column))]
 
 
 # ---------------------------------------------------------------- slow tests
@@ -148,56 +157,10 @@ def tgt_batch():
 # ---------------------------------------------------------------- the server
 
 
-class Server:
-    """`seq2seq serve MODEL ARGS...` on 127.0.0.1, on a port the OS chose."""
-
-    def __init__(self, model: Path, *args, log: Path):
-        self.log_path = log
-        self.log_file = open(log, "wb")
-        self.proc = subprocess.Popen([*CLI, "serve", str(model), "--port", "0", *map(str, args)],
-                                     stdout=self.log_file, stderr=subprocess.STDOUT, env=cli_env())
-        deadline = time.monotonic() + 120
-        while not (m := re.search(r" on http://127\.0\.0\.1:(\d+)/ \(Ctrl", self.log())):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                self.proc.wait()
-                self.log_file.close()
-                raise RuntimeError(f"the server did not start:\n{self.log()}")
-            time.sleep(0.1)
-        self.port = int(m.group(1))
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def request(self, method: str, path: str, body: bytes | dict | None = None, headers: dict | None = None,
-                timeout: float = 60) -> tuple[int, dict, dict | str]:
-        if isinstance(body, dict):
-            body = json.dumps(body).encode()
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            r = conn.getresponse()
-            data = r.read()
-        finally:
-            conn.close()
-        kind = r.getheader("content-type", "")
-        return r.status, dict(r.getheaders()), json.loads(data) if "json" in kind else data.decode()
-
-    def translate(self, body) -> tuple[int, dict | str]:
-        status, _, data = self.request("POST", "/translate", body)
-        return status, data
-
-    def stop(self, sig: signal.Signals | None = signal.SIGTERM, timeout: float = 60) -> int:
-        """Send `sig` (None: it was sent already) and wait for the exit status."""
-        if sig is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:  # it did not stop: do not leave it running
-                self.proc.kill()
-                self.proc.wait()
-            self.log_file.close()
+def Server(model: Path, *args, log: Path) -> ServerProcess:
+    """`seq2seq serve MODEL ARGS...` on 127.0.0.1, on a port the OS chose, with the CLI's test
+    environment."""
+    return ServerProcess(model, *args, log=log, env=cli_env())
 
 
 # ---------------------------------------------------------------- a tiny trained model

@@ -15,13 +15,13 @@ import torch
 from seq2seq import config
 from seq2seq.batching import (
     Batch,
-    EncodedSplit,
     TokenBatchSampler,
     collate,
     collate_src,
     eval_batches,
     make_batches,
 )
+from seq2seq.dataset import EncodedSplit
 from seq2seq.errors import Seq2SeqError
 from seq2seq.tokenizer import BOS, EOS, PAD
 

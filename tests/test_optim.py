@@ -1,17 +1,19 @@
 """seq2seq.optim.FusedAdam against torch.optim.Adam/AdamW(fused=True): the same updates bit for
 bit, interchangeable state dicts, clear errors for a state of another model, and no
-torch._dynamo import on the way to the first training step."""
+torch._dynamo import on the way to the first training step, and a torch floor that has the kernel."""
 
 import copy
+import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
 import torch
 
 from conftest import REPO
 from seq2seq.errors import Seq2SeqError
-from seq2seq.optim import FusedAdam
+from seq2seq.optim import FUSED_ADAM_CPU_SINCE, FusedAdam
 
 
 def model_pair():
@@ -119,3 +121,12 @@ print(optimizer.state_dict()['state'][0]['step'].item(), 'torch._dynamo' in sys.
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["2.0", "False"]
+
+
+def test_declared_torch_floor_has_the_fused_cpu_kernel():
+    """pyproject's torch floor must be a release whose fused Adam/AdamW kernels take CPU tensors."""
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if re.match(r"torch\b", d)]
+    floor = re.fullmatch(r"torch>=(\d+)\.(\d+)(\.\d+)?", spec.replace(" ", ""))
+    assert floor, f"torch requirement {spec!r} has no plain >= floor"
+    assert (int(floor[1]), int(floor[2])) >= FUSED_ADAM_CPU_SINCE

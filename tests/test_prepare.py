@@ -3,16 +3,19 @@ and the checks and filters on user files (small synthetic corpora)."""
 
 import gzip
 import json
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import rows, run_cli, write_bytes
 from seq2seq import config, corpus
+from seq2seq import prepare as prepare_module
 from seq2seq.errors import Seq2SeqError
-from seq2seq.prepare import prepare, split_files
+from seq2seq.prepare import prepare, sample_lines, split_files
 from seq2seq.tokenizer import Tokenizers
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "multi30k_de_en.toml"
@@ -98,8 +101,8 @@ def test_eval_splits_are_complete_and_refs_are_raw_targets(real, name, split):
     en = corpus.read_lines(data_dir / f"{split}.en.gz")
     s = prepared.splits[name]
     assert s.refs == en
-    assert s.src == prepared.tokenizers.src.encode(de)  # source is German, in file order
-    assert s.tgt == prepared.tokenizers.tgt.encode(en)
+    assert rows(s.src) == prepared.tokenizers.src.encode(de)  # source is German, in file order
+    assert rows(s.tgt) == prepared.tokenizers.tgt.encode(en)
 
 
 def test_train_split_is_the_whole_corpus_encoded_at_once_and_filtered(real):
@@ -112,7 +115,7 @@ def test_train_split_is_the_whole_corpus_encoded_at_once_and_filtered(real):
     keep = [i for i in range(len(de)) if de[i].strip() and en[i].strip() and max(len(src[i]), len(tgt[i])) <= 100]
     train = prepared.splits["train"]
     assert len(train) == len(keep) == 29000 - dropped(log)
-    assert train.src == [src[i] for i in keep] and train.tgt == [tgt[i] for i in keep]
+    assert rows(train.src) == [src[i] for i in keep] and rows(train.tgt) == [tgt[i] for i in keep]
     assert train.sizes().tolist() == [max(len(src[i]), len(tgt[i])) + 1 for i in keep]
 
 
@@ -126,7 +129,7 @@ def test_second_prepare_reuses_everything(real):
     assert not log.has("training SentencePiece") and not log.has("encoded")
     assert again.tokenizers.checksums() == prepared.tokenizers.checksums()
     for name in SPLITS:
-        assert again.splits[name].src == prepared.splits[name].src
+        assert rows(again.splits[name].src) == rows(prepared.splits[name].src)
         assert again.splits[name].refs == prepared.splits[name].refs
 
 
@@ -134,11 +137,11 @@ def test_unchanged_files_are_not_read_again(real, monkeypatch):
     """Every training start runs prepare: over unchanged files it must not hash gigabytes again."""
     prepared, expdir, _, data_dir = real
     hashed = []
-    digest = corpus.file_digest
-    monkeypatch.setattr(corpus, "file_digest", lambda path: hashed.append(path) or digest(path))
+    digest = prepare_module.file_digest
+    monkeypatch.setattr(prepare_module, "file_digest", lambda path: hashed.append(path) or digest(path))
     again = prepare(config.load(RECIPE, SMALL), expdir, str(data_dir), log=Log())
     assert hashed == []
-    assert again.splits["train"].src == prepared.splits["train"].src
+    assert rows(again.splits["train"].src) == rows(prepared.splits["train"].src)
 
 
 def test_settings_that_do_not_affect_data_reuse_the_cache(real, tmp_path):
@@ -160,7 +163,7 @@ def test_changing_vocab_size_retrains_and_invalidates_the_cache(real, tmp_path):
     assert len(new.tokenizers.src) == 800
     assert new.tokenizers.checksums() != prepared.tokenizers.checksums()
     assert max(i for s in new.splits["valid"].src for i in s) < 800
-    assert new.splits["valid"].src == new.tokenizers.src.encode(
+    assert rows(new.splits["valid"].src) == new.tokenizers.src.encode(
         corpus.read_lines(data_dir / "val.de.gz"))
     assert json.loads((copy / "prepare.json").read_text())["checksums"] == new.tokenizers.checksums()
 
@@ -197,8 +200,8 @@ def test_damaged_cache_is_rebuilt(real, tmp_path, damage):
     new = prepare(config.load(RECIPE, SMALL), copy, str(data_dir), log=log)
     assert log.has("training SentencePiece")  # a damaged model is retrained, not trusted
     assert log.has("encoded valid")
-    assert new.splits["valid"].src == prepared.splits["valid"].src  # same data, same deterministic model
-    assert new.splits["valid"].tgt == prepared.splits["valid"].tgt
+    assert rows(new.splits["valid"].src) == rows(prepared.splits["valid"].src)  # same data, same deterministic model
+    assert rows(new.splits["valid"].tgt) == rows(prepared.splits["valid"].tgt)
 
 
 def test_a_failed_write_leaves_no_split_behind(real, tmp_path, monkeypatch):
@@ -219,7 +222,7 @@ def test_a_failed_write_leaves_no_split_behind(real, tmp_path, monkeypatch):
     assert sorted(f.name for f in (copy / "cache").iterdir() if "test_2016" in f.name) == []
     monkeypatch.undo()
     again = prepare(config.load(RECIPE, SMALL), copy, str(data_dir), log=Log())
-    assert again.splits["test_2016_flickr"].src == prepared.splits["test_2016_flickr"].src
+    assert rows(again.splits["test_2016_flickr"].src) == rows(prepared.splits["test_2016_flickr"].src)
 
 
 def test_split_files_for_other_languages(multi30k_dir):
@@ -290,12 +293,12 @@ def test_user_files_drop_empty_and_long_pairs_from_train_only(user_files, tmp_pa
     p = prepare(config.load(user_files / "files.toml"), tmp_path / "exp", log=log)
     assert log.has("dropped 3 empty and 2 over-long (> data.max_len = 30 pieces) training pairs")
     keep = [i for i in range(len(train_src)) if i not in bad]
-    assert p.splits["train"].tgt == p.tokenizers.tgt.encode([train_tgt[i] for i in keep])
-    assert p.splits["train"].src == p.tokenizers.src.encode([train_src[i] for i in keep])
+    assert rows(p.splits["train"].tgt) == p.tokenizers.tgt.encode([train_tgt[i] for i in keep])
+    assert rows(p.splits["train"].src) == p.tokenizers.src.encode([train_src[i] for i in keep])
     # valid and test keep every line, in order, empty and long ones included
     assert p.splits["valid"].refs == valid_tgt
-    assert p.splits["valid"].src == p.tokenizers.src.encode(valid_src)
-    assert p.splits["valid"].src[2] == [] and len(p.splits["valid"].src[5]) > 30
+    assert rows(p.splits["valid"].src) == p.tokenizers.src.encode(valid_src)
+    assert rows(p.splits["valid"].src)[2] == [] and len(rows(p.splits["valid"].src)[5]) > 30
     assert p.splits["t1"].refs == corpus.read_lines(user_files / "test.tgt")
     assert list(p.splits) == ["train", "valid", "t1"]
 
@@ -305,7 +308,7 @@ def test_clean_user_files_drop_nothing(user_files, tmp_path):
     p = prepare(config.load(user_files / "files.toml"), tmp_path / "exp", log=log)
     assert not log.has("dropped")
     assert len(p.splits["train"]) == 300
-    assert p.splits["train"].tgt == p.tokenizers.tgt.encode(corpus.read_lines(user_files / "train.tgt"))
+    assert rows(p.splits["train"].tgt) == p.tokenizers.tgt.encode(corpus.read_lines(user_files / "train.tgt"))
 
 
 def test_gz_user_files_work_like_plain_ones(user_files, tmp_path):
@@ -321,8 +324,8 @@ def test_gz_user_files_work_like_plain_ones(user_files, tmp_path):
     assert b.files["train"][0].name == "train.src.gz"
     assert a.tokenizers.checksums() == b.tokenizers.checksums()
     for name in ("train", "valid", "t1"):
-        assert (a.splits[name].src, a.splits[name].tgt, a.splits[name].refs) == \
-               (b.splits[name].src, b.splits[name].tgt, b.splits[name].refs)
+        assert (rows(a.splits[name].src), rows(a.splits[name].tgt), a.splits[name].refs) == \
+               (rows(b.splits[name].src), rows(b.splits[name].tgt), b.splits[name].refs)
 
 
 def test_separate_tokenizers_for_user_files(user_files, tmp_path):
@@ -342,7 +345,40 @@ def test_edited_training_file_retrains(user_files, tmp_path):
     log = Log()
     p = prepare(config.load(recipe), tmp_path / "exp", log=log)
     assert log.has("training SentencePiece") and log.has("encoded train")
-    assert p.tokenizers.tgt.decode([p.splits["train"].tgt[0]]) == ["aa bb cc"]
+    assert p.tokenizers.tgt.decode([rows(p.splits["train"].tgt)[0]]) == ["aa bb cc"]
+
+
+def cp_p(src: Path, dest: Path) -> None:
+    subprocess.run(["cp", "-p", str(src), str(dest)], check=True)  # overwrites dest in place (same inode)
+
+
+def rsync_a(src: Path, dest: Path) -> None:
+    """What `rsync -a` does: a temporary file beside dest with src's times, renamed over dest."""
+    tmp = dest.with_name(f".{dest.name}.rsync")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dest)
+
+
+@pytest.mark.parametrize("copy", [cp_p, rsync_a], ids=["cp -p", "rsync -a"])
+def test_a_same_size_copy_with_the_old_mtime_is_not_the_old_data(user_files, tmp_path, copy):
+    """`cp -p` and `rsync -a` keep size and modification time: a corpus replaced by a same-size
+    file with other content, copied that way, must be encoded anew, not read from the cache."""
+    recipe = user_files / "files.toml"
+    prepare(config.load(recipe), tmp_path / "exp", log=Log())
+    old = (user_files / "valid.src").read_bytes()
+    new = old.replace(b"ab", b"ba")  # same size, other text
+    assert len(new) == len(old) and new != old
+    staged = tmp_path / "staged.src"
+    staged.write_bytes(new)
+    st = (user_files / "valid.src").stat()
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))  # the copy carries the old file's times
+    copy(staged, user_files / "valid.src")
+    st2 = (user_files / "valid.src").stat()
+    assert (st2.st_size, st2.st_mtime_ns) == (st.st_size, st.st_mtime_ns)  # what the old check compared
+    log = Log()
+    p = prepare(config.load(recipe), tmp_path / "exp", log=log)
+    assert log.has("encoded valid")
+    assert rows(p.splits["valid"].src) == p.tokenizers.src.encode(corpus.read_lines(user_files / "valid.src"))
 
 
 @pytest.mark.parametrize("split", ["train", "valid", "test"])
@@ -433,3 +469,14 @@ def test_cli_bad_override_is_one_error_line(multi30k_dir, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "model.encoder.layers must be >= 1, got 0" in lines[0]
     assert not out.exists()  # the config is checked before anything is written
+
+
+def test_sample_lines_keeps_everything_in_order_up_to_k_else_samples_by_seed(tmp_path: Path):
+    a = write_bytes(tmp_path / "a", "".join(f"a{i}\n" if i % 5 else "  \n" for i in range(1000)).encode())
+    b = write_bytes(tmp_path / "b.gz", "".join(f"b{i}\n" for i in range(1000)).encode())
+    every = [f"a{i}" for i in range(1000) if i % 5] + [f"b{i}" for i in range(1000)]
+    assert sample_lines([a, b], 1800, seed=1) == every  # 1,800 non-empty lines: all, in order
+    one, same, other = (sample_lines([a, b], 500, seed) for seed in (1, 1, 2))
+    assert one == same != other
+    assert len(one) == 500 and len(set(one)) == 500 and set(one) <= set(every)
+    assert 0.3 < sum(x.startswith("a") for x in one) / 500 < 0.6  # uniform over both files (800 vs 1000)

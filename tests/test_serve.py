@@ -21,28 +21,28 @@ import pytest
 from conftest import CLI, Server, assert_usage_error, cli_env, multi30k_path, reverse_rows, run_cli, skip_unless_ci
 
 try:
-    from seq2seq import serve
-    from seq2seq.batcher import Batcher, QueueFull
+    from seq2seq.serve import app, protocol
+    from seq2seq.serve.batcher import Batcher, QueueFull
 except ModuleNotFoundError as e:  # the serve extra is missing
     skip_unless_ci(f"seq2seq[serve] is not installed ({e.name}): pip install -e '.[serve]'")
 
 
 # ---------------------------------------------------------------- request checks (no server)
 
-DEFAULTS = serve.Settings(beam=5, nbest=1, length_penalty=1.0, attention=False)
-LIMITS = serve.Limits(max_lines=10, max_line_chars=50, max_beam=8)
+DEFAULTS = protocol.Settings(beam=5, nbest=1, length_penalty=1.0, attention=False)
+LIMITS = protocol.Limits(max_lines=10, max_line_chars=50, max_beam=8)
 
 
 def parse(body) -> tuple:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return serve.parse_request(raw, DEFAULTS, LIMITS)
+    return protocol.parse_request(raw, DEFAULTS, LIMITS)
 
 
 def test_a_good_request_gets_its_lines_and_settings():
     assert parse({"text": "Ein Hund."}) == (["Ein Hund."], DEFAULTS)
     lines, s = parse({"texts": ["a", "", "b"], "beam": 3, "nbest": 2, "length_penalty": 0.6, "attention": True})
     assert lines == ["a", "", "b"]  # an empty line inside texts is translated as '' (as translate does)
-    assert s == serve.Settings(3, 2, 0.6, True)
+    assert s == protocol.Settings(3, 2, 0.6, True)
     assert parse({"text": "x", "length_penalty": 0})[1].length_penalty == 0.0
 
 
@@ -79,7 +79,7 @@ def test_a_good_request_gets_its_lines_and_settings():
         "texts-type", "texts-empty", "item-type", "lines", "chars", "nul", "surrogate", "huge-int", "newline", "beam-0", "beam-high",
         "beam-float", "beam-bool", "beam-str", "nbest", "lp-neg", "lp-high", "lp-str", "attention"])
 def test_bad_requests_name_the_field(body, status, fragments):
-    with pytest.raises(serve.BadRequest) as e:
+    with pytest.raises(protocol.BadRequest) as e:
         parse(body)
     assert e.value.status == status
     for fragment in fragments:
@@ -88,7 +88,7 @@ def test_bad_requests_name_the_field(body, status, fragments):
 
 
 def test_long_values_are_shortened_in_messages():
-    with pytest.raises(serve.BadRequest) as e:
+    with pytest.raises(protocol.BadRequest) as e:
         parse({"text": "a", "beam": "9" * 1000})
     assert len(str(e.value)) < 120
 
@@ -425,10 +425,13 @@ def test_a_full_queue_answers_503_with_retry_after(reverse_model, tmp_path):
 
 
 def test_a_request_slower_than_the_timeout_gets_503(reverse_model, tmp_path):
-    s = Server(reverse_model, "--timeout", 0.01, "--max-lines", 300, log=tmp_path / "server.log")
+    """The body (160 kB) arrives well within the timeout, even on a loaded machine (else it would be
+    a 408); decoding it takes several times the timeout (3 s on a fast CPU)."""
+    s = Server(reverse_model, "--timeout", 0.5, "--max-lines", 2000, log=tmp_path / "server.log")
     try:
-        status, headers, body = s.request("POST", "/translate", {"texts": rows(300, seed=5), "beam": 16})
-        assert status == 503 and "0.01 s timeout" in body["error"] and headers["retry-after"] == "1"
+        texts = reverse_rows(2000, 5, lengths=(30, 40))[0]
+        status, headers, body = s.request("POST", "/translate", {"texts": texts, "beam": 16})
+        assert status == 503 and "0.5 s timeout" in body["error"] and headers["retry-after"] == "1"
     finally:
         assert s.stop() == 0
 
@@ -504,7 +507,7 @@ def test_accepted_connections_send_without_delay():
     """The server binds its own socket; asyncio sets TCP_NODELAY on what it accepts only if the
     socket says it is TCP. Without it, Nagle's algorithm added 40 ms to every answer."""
     async def main():
-        sock = serve._listen("127.0.0.1", 0)
+        sock = app._listen("127.0.0.1", 0)
         accepted = asyncio.get_running_loop().create_future()
 
         class Protocol(asyncio.Protocol):

@@ -1,0 +1,223 @@
+"""`seq2seq serve`: one model (or an ensemble) behind HTTP, and a web page that shows its attention.
+
+    POST /translate  {"text": "..."} or {"texts": [...]}, optional "beam", "nbest",
+                     "length_penalty", "attention"  ->  {"translations": [...]}
+    GET  /health     model, version, recipe summary, limits, queue
+    GET  /           the web page (its assets are served from seq2seq/serve/web/, no network needed)
+
+Requests are checked completely (`protocol.parse_request`) before they reach the queue: a bad
+request gets a 4xx whose message names the field, and one log line. Good requests are decoded by
+`Batcher` with requests that arrived with them, through `Translator.translate_with_details`, the
+code path of `seq2seq translate`. Needs the `serve` extra (Starlette and uvicorn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import torch
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from seq2seq import __version__
+from seq2seq.errors import Seq2SeqError
+from seq2seq.serve.batcher import Batcher, QueueFull
+from seq2seq.serve.protocol import MAX_LENGTH_PENALTY, BadRequest, Limits, Settings, decode, parse_request, summary
+from seq2seq.translate import Translator
+
+log = logging.getLogger("seq2seq.serve")
+WEB = Path(__file__).parent / "web"
+
+
+def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadPoolExecutor | None = None,
+              url: str = "") -> Starlette:
+    """The app; `worker` is the thread that decodes (see `serve`); `url` is logged once it serves."""
+    defaults = default_settings(translator, limits)
+    batcher = Batcher(lambda lines, s: decode(translator, lines, s), limits.max_wait_ms / 1000,
+                      limits.max_batch_lines, limits.max_queue_lines, worker)
+    models = ["/".join(Path(p).parts[-3:]) for p in translator.sources]
+
+    async def translate(request: Request) -> JSONResponse:
+        deadline = asyncio.get_running_loop().time() + limits.timeout  # one timeout for the whole request
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    body = await _read_body(request, limits.max_body_bytes)
+            except TimeoutError:
+                raise BadRequest(408, f"the body did not arrive within the server's {limits.timeout:g} s timeout")
+            lines, settings = parse_request(body, defaults, limits)
+            results = await _answer_unless_gone(request, batcher.submit(lines, settings), deadline)
+        except Exception as e:
+            return _refusal(request, e, limits)
+        return JSONResponse({"translations": results}, headers={"Cache-Control": "no-store"})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({
+            "status": "ok", "version": __version__, "models": models, "model": summary(translator),
+            "defaults": asdict(defaults), "limits": asdict(limits),
+            "queue": {"lines": batcher.queued_lines, "batches": batcher.batches, "requests": batcher.jobs,
+                      "lines_decoded": batcher.lines},
+        })
+
+    async def index(request: Request) -> FileResponse:
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        batcher.start()
+        if url:
+            log.info("serving %s on %s (Ctrl+C or SIGTERM to stop)", ", ".join(models), url)
+        yield
+        await batcher.close()  # uvicorn has let every open request finish; this stops the decode thread
+
+    return Starlette(routes=[
+        Route("/", index), Route("/health", health), Route("/translate", translate, methods=["POST"]),
+        Mount("/assets", StaticFiles(directory=WEB)),
+    ], lifespan=lifespan)
+
+
+def default_settings(translator: Translator, limits: Limits) -> Settings:
+    """What a request that chooses nothing gets: the model's decode settings, which must be within
+    the limits (else the default answers would differ from `translate`'s)."""
+    d = translator.config.decode
+    if d.beam > limits.max_beam:
+        raise Seq2SeqError(f"the model's decode.beam ({d.beam}) is above --max-beam ({limits.max_beam})")
+    if d.length_penalty > MAX_LENGTH_PENALTY:
+        raise Seq2SeqError(f"the model's decode.length_penalty ({d.length_penalty:g}) is above the largest a "
+                           f"request may give ({MAX_LENGTH_PENALTY:g})")
+    return Settings(d.beam, 1, d.length_penalty, False)
+
+
+def _refusal(request: Request, error: Exception, limits: Limits) -> JSONResponse:
+    """The answer to a request that failed with `error`; anything unexpected is re-raised."""
+    if isinstance(error, BadRequest):  # after a 408 the rest of the body may still come: close the connection
+        return _reject(request, error.status, str(error), {"Connection": "close"} if error.status == 408 else None)
+    if isinstance(error, ClientDisconnect):
+        return _reject(request, 400, "the client disconnected before sending its whole request")
+    if isinstance(error, ClientGone):
+        return _reject(request, 499, "the client disconnected while its request was queued or decoded; it is dropped")
+    if isinstance(error, QueueFull):
+        return _reject(request, 503, f"busy: {error}; retry later", {"Retry-After": "1"})
+    if isinstance(error, TimeoutError):
+        return _reject(request, 503, f"not answered within the server's {limits.timeout:g} s timeout; retry later",
+                       {"Retry-After": "1"})
+    if isinstance(error, RuntimeError):  # the batcher logged the cause with its traceback
+        return _reject(request, 500, str(error))
+    raise error
+
+
+class ClientGone(Exception):
+    """The client closed its connection while waiting for the answer."""
+
+
+async def _answer_unless_gone(request: Request, answer: Awaitable, deadline: float):
+    """Await `answer` until `deadline`; if the client disconnects first, cancel it (a queued job
+    leaves the queue) and raise ClientGone."""
+    job = asyncio.ensure_future(answer)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        async with asyncio.timeout_at(deadline):
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not job.done():
+            job.cancel()
+    if not job.done() or job.cancelled():
+        raise ClientGone()
+    return job.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read: what comes now is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"the body has {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"the body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _reject(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    log.info("%s %s %s: %d %s", _client(request), request.method, request.url.path, status, message)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _client(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
+
+
+def load_in_worker(load: Callable[[], Translator], threads: int | None) -> tuple[Translator, ThreadPoolExecutor]:
+    """Load the model in the thread that will decode with it, so that torch runs in that thread
+    only. Torch's OpenMP (libgomp) keeps one pool of threads per calling thread; once the pools
+    hold more threads than there are cores, their threads stop spinning between operations and
+    every small operation of beam search pays for waking them."""
+    worker = ThreadPoolExecutor(1, thread_name_prefix="decode")
+
+    def in_worker() -> Translator:
+        if threads:
+            torch.set_num_threads(threads)
+        return load()
+
+    try:
+        return worker.submit(in_worker).result(), worker
+    except BaseException:
+        worker.shutdown()
+        raise
+
+
+def serve(load: Callable[[], Translator], host: str, port: int, limits: Limits = Limits(),
+          threads: int | None = None, access_log: bool = False) -> None:
+    """Listen, load the model, serve until SIGTERM or SIGINT; then stop accepting, answer every
+    request already in, return."""
+    sock = _listen(host, port)
+    translator, worker = load_in_worker(load, threads)
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
+    config = uvicorn.Config(build_app(translator, limits, worker, url), host=host, port=port, access_log=access_log,
+                            limit_concurrency=limits.max_connections,
+                            timeout_graceful_shutdown=math.ceil(limits.timeout) + 5, log_level="info")
+    stopped: list[int] = []
+    # uvicorn stops gracefully on these signals and then re-raises them to the handlers that were
+    # installed before it: ours note them, so the process ends with status 0 after a clean stop.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stopped.append(signum))
+    uvicorn.Server(config).run(sockets=[sock])
+    if stopped:
+        log.info("stopped by %s after answering every request it had accepted", signal.Signals(stopped[0]).name)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a busy port is a one-line error (exit 2)."""
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say so (else Nagle's
+    # algorithm and delayed ACKs add 40 ms to each answer)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # from now on, connections wait in the backlog until the app accepts them
+    except OSError as e:
+        sock.close()
+        raise Seq2SeqError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+    return sock
