@@ -34,6 +34,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,14 +42,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from common import ROOT, save_result
 
-from train_speed import save_result  # noqa: E402
-
-from seq2seq import config, corpus  # noqa: E402
-from seq2seq.evaluate import hardware  # noqa: E402
+from seq2seq import config, corpus
+from seq2seq.evaluate import hardware
 
 CLI = [sys.executable, "-m", "seq2seq.cli"]
 STEPS = 50
@@ -90,18 +87,44 @@ def overrides(src: Path, tgt: Path, data_dir: Path) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-class MemorySampler:
-    """Every 50 ms: the process's own peak RSS (VmHWM: its high-water mark since exec; the
-    ru_maxrss that wait4 reports also counts the parent's memory at fork time) and the summed
-    PSS (proportional set size) of it and its descendants, whose peak is kept."""
+# The peak RSS of a measured command is read after it has exited: ru_maxrss as wait4 reports it,
+# the largest resident set the command (or a child it waited for) ever had, in KiB. A small
+# launcher starts the command and waits for it, because Linux also counts in a process's
+# ru_maxrss the high-water mark of the memory it was forked from (recorded at exec): read here,
+# from this process's own children, it would be at least this process's peak, torch included.
+# The launcher is a bare interpreter (~10 MB, ~20 ms to start), far below any command measured.
+LAUNCHER = """
+import os, sys
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+PSS_EVERY = 0.5  # seconds between samples of the process tree's PSS (light on 2 shared cores)
 
-    def __init__(self, pid: int):
-        self.pid, self.peak, self.hwm, self._stop = pid, 0, 0, threading.Event()
-        self.peak_children = 0  # the descendants alone (torchrun's ranks without the launcher)
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PssSampler:
+    """Every PSS_EVERY seconds, the summed PSS (proportional set size: shared pages divided among
+    the processes that map them) of the command `launcher` runs and of the command's descendants,
+    and of the descendants alone (torchrun's ranks without torchrun's own launcher); the largest
+    sums seen are kept. PSS has no high-water mark, so a peak shorter than a sample interval can
+    be missed; the launcher itself is not counted."""
+
+    def __init__(self, launcher: int):
+        self.launcher, self.peak, self.peak_children, self._stop = launcher, 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _tree(self) -> list[int]:
+    def _tree(self) -> tuple[list[int], list[int]]:
+        """(the command: the launcher's children, the command's descendants)."""
         parents = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -110,61 +133,67 @@ class MemorySampler:
                     parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
                 except (OSError, ValueError, IndexError):
                     pass
-        tree, frontier = [self.pid], [self.pid]
+        top = [p for p, parent in parents.items() if parent == self.launcher]
+        descendants, frontier = [], top
         while frontier:
             frontier = [p for p, parent in parents.items() if parent in frontier]
-            tree += frontier
-        return tree
+            descendants += frontier
+        return top, descendants
+
+    @staticmethod
+    def _pss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.hwm = max(self.hwm, int(line.split()[1]) * 1024)
-            except OSError:
-                pass
-            total = children = 0
-            for pid in self._tree():
-                try:
-                    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                        if line.startswith("Pss:"):
-                            pss = int(line.split()[1]) * 1024
-                            total += pss
-                            children += pss if pid != self.pid else 0
-                except OSError:
-                    pass
+            top, descendants = self._tree()
+            children = sum(map(self._pss, descendants))
+            total = children + sum(map(self._pss, top))
             self.peak, self.peak_children = max(self.peak, total), max(self.peak_children, children)
-            self._stop.wait(0.05)
+            self._stop.wait(PSS_EVERY)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
 
-def run(cmd: list[str], watch: Path | None = None) -> dict:
-    """Run a command to its end: wall seconds, peak RSS (its own, bytes), the peak PSS of its
-    process tree and of its descendants alone, its stdout and, with `watch` (metrics.jsonl), the
-    seconds until it holds a training step."""
-    start = time.perf_counter()
-    out = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True)
-    sampler = MemorySampler(proc.pid)
-    first_step = None
-    while watch is not None and first_step is None and proc.poll() is None:
-        if watch.exists() and '"type": "train"' in watch.read_text():
-            first_step = time.perf_counter() - start
-        time.sleep(0.02)
-    stderr = proc.stderr.read()
-    status = proc.wait()
-    sampler.stop()
-    if status != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{stderr[-2000:]}")
-    out.seek(0)
-    stdout = out.read()
-    out.close()
-    return {"seconds": time.perf_counter() - start, "peak_rss": sampler.hwm, "peak_pss": sampler.peak,
-            "peak_pss_children": sampler.peak_children, "first_step_s": first_step, "stdout": stdout}
+def run(cmd: list[str], watch: Path | None = None, pss: bool = False) -> dict:
+    """Run a command to its end: wall seconds, peak RSS (its own and its waited-for children's,
+    bytes: see LAUNCHER), with `pss` the peak PSS of its process tree and of its descendants alone,
+    its stdout and, with `watch` (metrics.jsonl), the seconds until it holds a training step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out, err, rss_file = (Path(tmp) / name for name in ("stdout", "stderr", "maxrss"))
+        start = time.perf_counter()
+        with open(out, "wb") as fo, open(err, "wb") as fe:  # files, not pipes: nothing to drain
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, str(rss_file), *cmd],
+                                    stdout=fo, stderr=fe)
+            sampler = PssSampler(proc.pid) if pss else None
+            first_step = None
+            try:
+                while watch is not None and first_step is None and proc.poll() is None:
+                    if watch.exists() and '"type": "train"' in watch.read_text():
+                        first_step = time.perf_counter() - start
+                    time.sleep(0.02)
+                status = proc.wait()
+                seconds = time.perf_counter() - start
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                if sampler is not None:
+                    sampler.stop()
+        if status != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{err.read_text(errors='replace')[-2000:]}")
+        return {"seconds": seconds, "peak_rss": int(rss_file.read_text()) * 1024,
+                "peak_pss": sampler.peak if sampler else None,
+                "peak_pss_children": sampler.peak_children if sampler else None,
+                "first_step_s": first_step, "stdout": out.read_text(errors="replace")}
 
 
 def spm_encode(model: Path, files: list[Path], work: Path) -> float | None:
@@ -205,7 +234,7 @@ def measure(n: int, data_dir: Path, work: Path, torchrun: bool) -> dict:
     train_dir = work / f"train_{n}"
     shutil.rmtree(train_dir, ignore_errors=True)
     shutil.copytree(exp, train_dir)
-    train = run([*CLI, "train", recipe, "--out", str(train_dir), *sets], watch=train_dir / "metrics.jsonl")
+    train = run([*CLI, "train", recipe, "--out", str(train_dir), *sets], watch=train_dir / "metrics.jsonl", pss=True)
     shutil.rmtree(train_dir)
     row = {"pairs": n, "kept_pairs": meta["pairs"], "prepare_s": full["seconds"], "prepare_rss": full["peak_rss"],
            "prepare_lines_per_s": lines / full["seconds"], "encode_s": encode["seconds"],
@@ -218,14 +247,15 @@ def measure(n: int, data_dir: Path, work: Path, torchrun: bool) -> dict:
         shutil.rmtree(ddp_dir, ignore_errors=True)
         shutil.copytree(exp, ddp_dir)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               "--master_port=29517", "-m", "seq2seq.cli", "train", recipe, "--out", str(ddp_dir), *sets,
+               f"--master_port={free_port()}", "-m", "seq2seq.cli", "train", recipe, "--out", str(ddp_dir), *sets,
                "--set", "train.threads=1"]
-        ddp = run(cmd)
+        ddp = run(cmd, pss=True)
         shutil.rmtree(ddp_dir)
         row["ddp2_pss"], row["ddp2_ranks_pss"] = ddp["peak_pss"], ddp["peak_pss_children"]
         params = int(re.search(r"^  total +([\d,]+)$", train["stdout"], re.M).group(1).replace(",", ""))
         row["model_state_bytes"] = 4 * 4 * params  # float32 weights, gradients, Adam's two moments
-        row["import_pss"] = run([sys.executable, "-c", "import time, torch, seq2seq.train; time.sleep(1)"])["peak_pss"]
+        row["import_pss"] = run([sys.executable, "-c", "import time, torch, seq2seq.train; time.sleep(2)"],
+                                pss=True)["peak_pss"]  # asleep for 4 samples after the imports
     return row
 
 

@@ -10,19 +10,16 @@ with the machine; compare the rows of one run.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT
 
-from seq2seq import corpus  # noqa: E402
-from seq2seq.prepare import split_files  # noqa: E402
-from seq2seq.translate import Translator, decode_ids  # noqa: E402
+from seq2seq import corpus
+from seq2seq.prepare import split_files
+from seq2seq.translate import Translator, decode_ids
 
 
 def main() -> None:

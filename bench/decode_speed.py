@@ -24,15 +24,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from common import ROOT, save_result
 
-from train_speed import save_result  # noqa: E402
-
-from seq2seq import corpus  # noqa: E402
-from seq2seq.prepare import split_files  # noqa: E402
-from seq2seq.translate import Translator, decode_batch, decode_ids  # noqa: E402
+from seq2seq import corpus
+from seq2seq.prepare import split_files
+from seq2seq.translate import Translator, decode_batch, decode_ids
 
 
 def batched(translator: Translator, src: list[list[int]], beam: int) -> float:

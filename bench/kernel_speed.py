@@ -2,7 +2,7 @@
 
     python bench/kernel_speed.py [--quick] [--recipe recipes/multi30k_de_en.toml]
 
-adam       one update of all parameters of the default model (bench/train_speed.py's issue shape):
+adam       one update of all parameters of the default model (bench/common.py's ISSUE_SHAPE):
            torch's fused Adam kernel as seq2seq.optim.FusedAdam calls it (make_optimizer) vs
            torch.optim.Adam's foreach implementation.
 attention  additive attention as seq2seq/attention.py computes it, v . sigmoid(2u) in place, vs
@@ -17,23 +17,17 @@ Last line: adam_fused_speedup=<r> attention_decode_speedup=<r> attention_train_s
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from common import ISSUE_SHAPE, ROOT, save_result
 
-from train_speed import ISSUE_SHAPE, save_result  # noqa: E402
-
-from seq2seq import config  # noqa: E402
-from seq2seq.attention import Attention  # noqa: E402
-from seq2seq.model import build_model  # noqa: E402
-from seq2seq.optim import FusedAdam  # noqa: E402
+from seq2seq import config
+from seq2seq.attention import Attention
+from seq2seq.model import build_model
+from seq2seq.optim import FusedAdam
 
 
 def textbook(att: Attention, query, keys, memory, mask):

@@ -6,9 +6,9 @@
     (seq2seq/loss.py), as training runs it.
 (b) plain: `Seq2Seq.forward` to the (N, V) logits of the real target positions, then
     `smoothed_cross_entropy` and autograd.
-The same model (bench/train_speed.py's issue shape: 8k joint vocabulary, untied output layer),
-the same Multi30K batches, forward + backward + Adam. The two take turns batch by batch so that
-drift of the shared machine hits both alike; the ratio is of their totals. Each path's step
+The same model as bench/train_speed.py (bench/common.py's ISSUE_SHAPE: 8k joint vocabulary,
+untied output layer), the same Multi30K batches, forward + backward + Adam. The two take turns
+batch by batch so that drift of the shared machine hits both alike; the ratio is of their totals. Each path's step
 memory is the growth of peak resident memory over two steps, in a fresh subprocess.
 
 Last line: fused_loss_speedup=<a/b> fused_tok_per_s=<a> plain_tok_per_s=<b>
@@ -24,13 +24,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from common import alternate, common_arguments, ours_step, save_result, setup
 
-from train_speed import alternate, common_arguments, ours_step, save_result, setup  # noqa: E402
-
-from seq2seq.loss import smoothed_cross_entropy  # noqa: E402
+from seq2seq.loss import smoothed_cross_entropy
 
 
 def plain_step(model, batch):

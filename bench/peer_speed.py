@@ -3,8 +3,10 @@
     python bench/peer_speed.py [--quick] [--minutes 5] [--data-dir DIR]
 
 1. OpenNMT-py 3.5.1 goes into its own virtual environment (bench/results/peers/venv, kept between
-   runs) beside the CPU build of torch 2.13.0: `pip install --no-deps opennmt-py==3.5.1`, then its
-   other requirements by name (so that pip never swaps torch).
+   runs) beside torch 2.13.0, from $TORCH_INDEX_URL when set (as scripts/setup_env.sh installs it:
+   PyTorch's CPU-only wheel index avoids the large CUDA build that PyPI serves on Linux):
+   `pip install --no-deps opennmt-py==3.5.1`, then its other requirements by name (so that pip
+   never swaps torch).
 2. The data: `seq2seq prepare` of recipes/multi30k_de_en.toml with the comparison's shape (joint
    SentencePiece 8k, separate embeddings, untied output layer, dropout 0.2); the same SentencePiece
    model writes the pieces, space-separated, and the vocabulary for OpenNMT-py.
@@ -14,7 +16,8 @@
    (encoder.layers=4, attention_feed=input_feed, ~2,000 target tokens per step); ours with the
    design default (2-layer encoder, GNMT feed, fused decoder).
 4. Each run trains for the same time after its first progress report (OpenNMT-py spends a minute
-   or more loading its data first). Target tokens per second after a further warm-up, counted alike (end of sentence included: OpenNMT-py's
+   or more loading its data first; a run that ends, or reports nothing within 15 minutes, stops the
+   benchmark with the end of its log). Target tokens per second after a further warm-up, counted alike (end of sentence included: OpenNMT-py's
    counter leaves it out, so its figure is scaled by (pieces + 1) / pieces of the training target
    side), and each process's peak RSS (VmHWM).
 
@@ -45,12 +48,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from train_speed import save_result  # noqa: E402
-from training_margins import cpu_name  # noqa: E402
+from common import ROOT, cpu_name, save_result
 
 WORK = ROOT / "bench/results/peers"
 ONMT_REQUIREMENTS = ["configargparse", "ctranslate2>=4,<5", "tensorboard", "flask", "waitress", "pyonmttok>=1,<2",
@@ -62,6 +60,7 @@ OURS = {
     "ours, the design default (GNMT feed, fused)": [],
 }
 WARMUP_SECONDS = 20  # tok/s is averaged over what follows
+STARTUP_SECONDS = 900  # the longest wait for a run's first progress report (OpenNMT-py takes a minute or more)
 
 
 def onmt_venv() -> Path:
@@ -72,7 +71,8 @@ def onmt_venv() -> Path:
     print("installing OpenNMT-py 3.5.1 into", venv.relative_to(ROOT), flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    index = os.environ.get("TORCH_INDEX_URL")  # as scripts/setup_env.sh: e.g. the CPU-only wheels
+    subprocess.run([*pip, *(["--index-url", index] if index else []), "torch==2.13.0"], check=True)
     subprocess.run([*pip, "--no-deps", "opennmt-py==3.5.1"], check=True)
     subprocess.run([*pip, *ONMT_REQUIREMENTS], check=True)
     done.touch()
@@ -121,25 +121,37 @@ def peak_rss_gib(pid: int) -> float:
 def run_for(cmd: list[str], seconds: float, log: Path, env: dict, progress: Path, marker: str) -> float:
     """Run cmd until it has trained for `seconds` after its first progress report (`marker` in
     the file `progress`; start-up and data loading differ a lot between toolkits), then SIGTERM.
-    Returns its peak RSS in GiB."""
+    Returns its peak RSS in GiB. A process that exits, or reports no progress within
+    STARTUP_SECONDS, ends the benchmark with the last lines of its log."""
     with open(log, "wb") as out:
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        deadline, peak = None, 0.0
-        while (deadline is None or time.monotonic() < deadline) and p.poll() is None:
-            time.sleep(1)
-            peak = max(peak, peak_rss_gib(p.pid))
-            if deadline is None and progress.exists() and marker in progress.read_text(errors="replace"):
-                deadline = time.monotonic() + seconds
-        if p.poll() is not None:
-            raise SystemExit(f"{cmd[0]} ended early; see {log}:\n{log.read_text(errors='replace')[-2000:]}")
-        peak = max(peak, peak_rss_gib(p.pid))
-        p.send_signal(signal.SIGTERM)
         try:
-            p.wait(120)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            give_up, deadline, peak = time.monotonic() + STARTUP_SECONDS, None, 0.0
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(1)
+                if p.poll() is not None:
+                    raise SystemExit(f"{cmd[0]} ended early (exit status {p.returncode}); see {log}:\n{tail(log)}")
+                peak = max(peak, peak_rss_gib(p.pid))
+                if deadline is None and progress.exists() and marker in progress.read_text(errors="replace"):
+                    deadline = time.monotonic() + seconds
+                if deadline is None and time.monotonic() > give_up:
+                    raise SystemExit(f"{cmd[0]} reported no progress in {STARTUP_SECONDS} s; stopped it. "
+                                     f"See {log}:\n{tail(log)}")
+            peak = max(peak, peak_rss_gib(p.pid))
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(120)
+            except subprocess.TimeoutExpired:
+                pass  # killed below
+        finally:
+            if p.poll() is None:  # did not stop on SIGTERM, or we are leaving on an error
+                p.kill()
+                p.wait()
     return peak
+
+
+def tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def onmt_run(venv: Path, seconds: float, eos_factor: float) -> dict:

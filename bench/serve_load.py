@@ -5,7 +5,8 @@ offline batched `translate` of the same sentences in one process; every answer c
 
 1. Offline: `Translator.translate` of the test_2016_flickr source sentences in one call (the
    `translate` command's path), timed; its outputs are the expected answer of every request.
-2. A `seq2seq serve` process on 127.0.0.1 (port chosen by the OS) with the same model and threads.
+2. A `seq2seq serve` process on 127.0.0.1 (port chosen by the OS) with the same model and threads
+   (seq2seq.serve.process.ServerProcess).
 3. For each client count, that many clients on keep-alive connections send the sentences one per
    request until each has been sent once; each answer is checked: HTTP 200, one translation,
    equal to the offline output of its sentence. Latencies are those of the 200 answers. Lost = no 200 answer; duplicated = a sentence
@@ -14,7 +15,8 @@ offline batched `translate` of the same sentences in one process; every answer c
    the server's RSS sampled every 30 s.
 
 Bounded: every request has a 60 s timeout, every level sends a fixed number of requests, the
-soak stops at its deadline, and the server is stopped (SIGTERM) at the end whatever happens.
+soak stops at its deadline, and the server is stopped (SIGTERM; killed if still there 120 s later)
+at the end whatever happens.
 --quick (under 3 minutes on 2 cores): 300 sentences, no soak.
 
 Last line: serve_vs_offline=<ratio at 32 clients> p99_ms=<p99 at 32 clients> lost=<n> duplicated=<n> mismatched=<n>
@@ -28,27 +30,20 @@ import itertools
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from common import ROOT, cpu_name, save_result
 
-from train_speed import save_result  # noqa: E402
-from training_margins import cpu_name  # noqa: E402
-
-from seq2seq import corpus  # noqa: E402
-from seq2seq.prepare import split_files  # noqa: E402
-from seq2seq.translate import Translator  # noqa: E402
+from seq2seq import corpus
+from seq2seq.prepare import split_files
+from seq2seq.serve.process import ServerProcess
+from seq2seq.translate import Translator
 
 CLIENTS = (1, 8, 32, 128)
 REQUEST_TIMEOUT = 60.0
@@ -63,42 +58,6 @@ def offline(model: str, data_dir: str | None, n: int | None) -> tuple[list[str],
     start = time.perf_counter()
     expected = translator.translate(lines)
     return lines, expected, len(lines) / (time.perf_counter() - start)
-
-
-class Server:
-    def __init__(self, model: str, threads: int, log: Path):
-        self.log_path = log
-        self.log_file = open(log, "wb")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "seq2seq.cli", "serve", model, "--port", "0",
-                                      "--threads", str(threads)], stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     env=env, cwd=ROOT)
-        deadline = time.monotonic() + 120
-        while not (m := re.search(r" on http://127\.0\.0\.1:(\d+)/ \(Ctrl", log.read_text(errors="replace"))):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start:\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)
-        self.port = int(m.group(1))
-
-    def queue_stats(self) -> dict:
-        """The server's counters (GET /health): batches decoded and the lines in them."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=30) as r:
-            return json.load(r)["queue"]
-
-    def rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self.log_file.close()
 
 
 async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> tuple[int, bytes]:
@@ -174,16 +133,20 @@ def main() -> None:
 
     rows, soak = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(args.model, args.threads, Path(tmp) / "server.log")
+        try:
+            server = ServerProcess(args.model, "--threads", args.threads, log=Path(tmp) / "server.log",
+                                   env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        except RuntimeError as e:
+            raise SystemExit(str(e)) from None
         try:
             rss = [server.rss_mib()]
             asyncio.run(load(server.port, lines, expected, 4, list(range(min(40, len(lines))))))  # warm-up
             print(f"{'clients':>7} {'requests':>8} {'sent/s':>7} {'vs offline':>10} {'p50 ms':>7} {'p95 ms':>7} "
                   f"{'p99 ms':>7} {'lost':>4} {'dup':>4} {'mismatch':>8} {'batch':>6} {'RSS MiB':>8}", flush=True)
             for clients in CLIENTS:
-                before = server.queue_stats()
+                before = server.health()["queue"]
                 row = asyncio.run(load(server.port, lines, expected, clients, list(range(len(lines)))))
-                after = server.queue_stats()
+                after = server.health()["queue"]
                 row["mean_batch_lines"] = (after["lines_decoded"] - before["lines_decoded"]) / max(
                     1, after["batches"] - before["batches"])
                 row["rss_mib"] = server.rss_mib()
@@ -196,8 +159,11 @@ def main() -> None:
             if not args.quick and args.soak_minutes > 0:
                 soak = run_soak(server, lines, expected, args.soak_minutes)
         finally:
-            rc = server.stop()
-            log = server.log_path.read_text(errors="replace")
+            try:
+                rc = server.stop(timeout=120)
+            except subprocess.TimeoutExpired:  # it did not stop in time and was killed
+                rc = server.proc.returncode
+            log = server.log()
     at32 = next(r for r in rows if r["clients"] == 32)
     result = {"cpu": cpu_name(), "threads": args.threads, "model": args.model, "sentences": len(lines),
               "offline_sents_per_s": offline_rate, "levels": rows, "soak": soak, "server_exit_status": rc,
@@ -212,7 +178,7 @@ def main() -> None:
           f"duplicated={duplicated} mismatched={mismatched}")
 
 
-def run_soak(server: Server, lines: list[str], expected: list[str], minutes: float) -> dict:
+def run_soak(server: ServerProcess, lines: list[str], expected: list[str], minutes: float) -> dict:
     """32 clients cycling through the sentences for `minutes`; the server's RSS every 30 s."""
     deadline = time.monotonic() + 60 * minutes
     order = itertools.cycle(range(len(lines)))

@@ -10,8 +10,8 @@
     Joey NMT do).
 Both do full training steps (forward, backward, clipping, Adam) on the same real Multi30K
 batches, taking turns batch by batch so that drift of the shared machine hits both alike.
-The model is the recipe's with the shape of the issue's comparison table pinned (`ISSUE_SHAPE`:
-joint SentencePiece 8k, separate embeddings, untied output layer), so the numbers stay
+The model is the recipe's with the shape of the issue's comparison table pinned (`ISSUE_SHAPE` in
+bench/common.py: joint SentencePiece 8k, separate embeddings, untied output layer), so the numbers stay
 comparable when the recipe's vocabulary changes. Target tokens exclude padding. The model's
 floating-point operations per target token are counted from the layer sizes (see
 `flops_per_target_token`) and compared with this machine's float32 matrix-multiply throughput,
@@ -23,25 +23,14 @@ Last line: train_speedup=<a/b> flop_utilization=<fraction> tok_per_s=<a>
 
 from __future__ import annotations
 
-import argparse
-import json
 import resource
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-ISSUE_SHAPE = ["tokenizer.vocab_size=8000", "tokenizer.joint=true", "model.share_embeddings=false",
-               "model.decoder.tie_embeddings=false"]
-sys.path.insert(0, str(ROOT))
+from common import alternate, common_arguments, ours_step, save_result, setup, sync
 
-from seq2seq import config  # noqa: E402
-from seq2seq.batching import TokenBatchSampler, collate  # noqa: E402
-from seq2seq.model import build_model  # noqa: E402
-from seq2seq.prepare import prepare  # noqa: E402
-from seq2seq.train import make_optimizer  # noqa: E402
+from seq2seq import config
 
 
 def matmul_flops(threads: int, device: torch.device) -> float:
@@ -51,11 +40,11 @@ def matmul_flops(threads: int, device: torch.device) -> float:
         a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         a @ b
         reps = 20 if device.type == "cpu" else 200
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         for _ in range(reps):
             a @ b
-        _sync(device)
+        sync(device)
         best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - start))
     return best
 
@@ -84,12 +73,6 @@ def flops_per_target_token(cfg: config.Config, vocab: int, src_per_tgt: float, s
     return 3 * (dec + att + out + src_per_tgt * enc)
 
 
-def ours_step(model, batch):
-    loss, _ = model.loss(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out,
-                         batch.tgt_mask, 0.1)
-    return loss / batch.ntokens
-
-
 def reference_step(model, batch):
     """One target step at a time: per-step attention and output projection (padding included)."""
     memory, state = model.encode(batch.src, batch.src_lengths, batch.src_mask)
@@ -101,66 +84,6 @@ def reference_step(model, batch):
         smooth = -log_probs.mean(-1)
         total = total + (((0.9 * nll + 0.1 * smooth) * batch.tgt_mask[:, t]).sum())
     return total / batch.ntokens
-
-
-def train_step(step_fn, model, optimizer, batch) -> None:
-    """One full training step: forward, backward, clipping, Adam."""
-    loss = step_fn(model, batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-
-
-def alternate(paths: dict, model, optimizer, batches, rounds: int, device) -> dict[str, float]:
-    """Seconds each path spends on full training steps over `rounds` passes of the batches.
-    The paths take turns batch by batch, so drift of the shared machine hits them alike."""
-    model.train()
-    seconds = dict.fromkeys(paths, 0.0)
-    for _ in range(rounds):
-        for batch in batches:
-            for name, step_fn in paths.items():
-                _sync(device)
-                start = time.perf_counter()
-                train_step(step_fn, model, optimizer, batch)
-                _sync(device)
-                seconds[name] += time.perf_counter() - start
-    return seconds
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def save_result(name: str, result: dict) -> None:
-    """Write a benchmark's result to bench/results/<name>.json (the folder git ignores)."""
-    out = ROOT / "bench/results" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-
-
-def common_arguments(description: str) -> argparse.ArgumentParser:
-    """The options this benchmark shares with bench/loss_speed.py."""
-    ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("--recipe", default=str(ROOT / "recipes/multi30k_de_en.toml"))
-    ap.add_argument("--data-dir", default=None, help="Multi30K (default: $SEQ2SEQ_DATA_DIR, data/multi30k)")
-    ap.add_argument("--work", default=str(ROOT / "bench/results/work"), help="prepared data cache")
-    ap.add_argument("--quick", action="store_true", help="fewer steps (< 3 minutes on 2 CPU cores)")
-    ap.add_argument("--threads", type=int, default=2)
-    return ap
-
-
-def setup(args: argparse.Namespace, n_batches: int, device: torch.device):
-    """The issue-shaped model (seed 0), its optimizer and n_batches real training batches."""
-    torch.set_num_threads(args.threads)
-    cfg = config.load(args.recipe, ISSUE_SHAPE)
-    prepared = prepare(cfg, Path(args.work) / Path(args.recipe).stem, args.data_dir, log=lambda *a: None)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, len(prepared.tokenizers.src), len(prepared.tokenizers.tgt)).to(device)
-    sampler = TokenBatchSampler(prepared.splits["train"].sizes(), cfg.train.batch_tokens, seed=1)
-    batches = [collate(prepared.splits["train"], sampler.next_batch()).to(device) for _ in range(n_batches)]
-    return cfg, model, make_optimizer(model, cfg), batches
 
 
 def main() -> None:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from common import ROOT, cpu_name
+
+sys.path.insert(0, str(ROOT / "tests"))  # the fixtures below are the test suite's own
 
 from conftest import (OVERFIT_SETTINGS, OVERFIT_STEPS, REVERSE_STEPS, make_reverse_task,  # noqa: E402
                       reverse_rows)
@@ -29,14 +28,6 @@ from conftest import (OVERFIT_SETTINGS, OVERFIT_STEPS, REVERSE_STEPS, make_rever
 from seq2seq import checkpoint, config  # noqa: E402
 from seq2seq.train import run  # noqa: E402
 from seq2seq.translate import Translator  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def records(expdir: Path, kind: str) -> list[dict]:

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
+from seq2seq.serve.process import ServerProcess
 
 
 def main() -> None:
@@ -35,23 +31,16 @@ def main() -> None:
     chromium = os.environ.get("SEQ2SEQ_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         sys.exit("error: no Chromium found (apt-get install chromium, or set SEQ2SEQ_CHROMIUM)")
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen([sys.executable, "-m", "seq2seq.cli", "serve", args.model, "--port", "0"],
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            port = None
-            while port is None:
-                if server.poll() is not None:
-                    log.seek(0)
-                    sys.exit(f"error: the server did not start:\n{log.read().decode(errors='replace')}")
-                log.seek(0)
-                m = re.search(rb" on http://127\.0\.0\.1:(\d+)/ \(Ctrl", log.read())
-                port = int(m.group(1)) if m else time.sleep(0.1)
+            server = ServerProcess(args.model, log=Path(tmp) / "server.log")
+        except RuntimeError as e:
+            sys.exit(f"error: {e}")
+        try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
                 page = browser.new_page(viewport={"width": 1100, "height": 900}, device_scale_factor=1)
-                page.goto(f"http://127.0.0.1:{port}/")
+                page.goto(server.url)
                 page.wait_for_selector("body[data-ready=true]")
                 page.select_option("#nbest", args.nbest)
                 page.locator("#source").fill(args.sentence)
@@ -62,8 +51,7 @@ def main() -> None:
                 print(f"{page.text_content('#translation')}\nwrote {args.output}")
                 browser.close()
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
+            server.stop()
 
 
 if __name__ == "__main__":
