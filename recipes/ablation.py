@@ -71,7 +71,7 @@ def run_cell(name: str, overrides: list[str], seed: int, args) -> dict:
     for split in ("val", "test_2016_flickr"):
         card = expdir / "results" / f"{split}.beam1.json"
         if not card.exists():
-            seq2seq("evaluate", str(expdir), "--split", split, "--beam", "1", *data)
+            seq2seq("evaluate", str(expdir), "--split", split, "--beam", "1", "--precision", "float32", *data)
         results[split] = json.loads(card.read_text())["bleu"]
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     tok_s = [r["tok_per_s"] for r in records if r.get("type") == "train"]

@@ -55,6 +55,8 @@ def _training_commands(sub) -> None:
     s.add_argument("--out")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--resume", action="store_true", help="continue from EXPDIR/checkpoints/last.pt")
+    s.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
+                   help="train.precision: the products' format (default: the recipe's, auto)")
 
     s = sub.add_parser("average", help="average the weights of several checkpoints")
     s.add_argument("inputs", nargs="+", help="checkpoint files, or one experiment directory with --last")
@@ -104,6 +106,7 @@ def _scoring_commands(sub) -> None:
     s.add_argument("--data-dir")
     s.add_argument("--batch-tokens", type=int, help="source tokens per batch (beams included)")
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    _precision_option(s)
 
 
 def _inspection_commands(sub) -> None:
@@ -143,6 +146,7 @@ def _serve_command(sub) -> None:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     s.add_argument("--threads", type=positive_int, help="torch threads for decoding (default: torch's)")
+    _precision_option(s)
     for f in dataclasses.fields(Limits):
         kind, what = SERVE_LIMITS[f.name]
         s.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
@@ -158,6 +162,12 @@ def _decode_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-len-a", type=float)
     s.add_argument("--max-len-b", type=int)
     s.add_argument("--no-repeat-ngram", type=int)
+    _precision_option(s)
+
+
+def _precision_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--precision", choices=("auto", "float32", "bfloat16", "int8"),
+                   help="decode.precision: the products' format (default: the recipe's, auto)")
 
 
 def _option(name: str) -> str:
@@ -169,7 +179,7 @@ def _decode_kwargs(args) -> dict:
     """The decode options given, range-checked by config before any model is loaded."""
     from seq2seq.config import check_decode
     names = ("beam", "length_penalty", "coverage_penalty", "batch_tokens", "max_len_a", "max_len_b",
-             "no_repeat_ngram", "nbest")
+             "no_repeat_ngram", "nbest", "precision")
     return check_decode({name: getattr(args, name, None) for name in names}, key=_option)
 
 
@@ -192,7 +202,8 @@ def cmd_prepare(args) -> int:
 def cmd_train(args) -> int:
     from seq2seq import config
     from seq2seq.train import Interrupted, run
-    cfg = config.load(args.recipe, args.set)
+    settings = args.set + ([f'train.precision="{args.precision}"'] if args.precision else [])
+    cfg = config.load(args.recipe, settings)
     try:
         run(cfg, _expdir(args), args.data_dir, args.resume)
     except Interrupted as e:
@@ -295,11 +306,12 @@ def cmd_tune(args) -> int:
         print(f"{r['beam']:>4} {lp:>14} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['sentences_per_second']:>7.1f}",
               flush=True)
 
-    kw = {} if args.batch_tokens is None else {"batch_tokens": args.batch_tokens}
+    kw = {name: getattr(args, name) for name in ("batch_tokens", "precision") if getattr(args, name) is not None}
     card = evaluate.tune(translator, args.beams, args.length_penalties, args.data_dir, progress=show, **kw)
     best = card["best"]
     flags = f"--beam {best['beam']}" + ("" if best["length_penalty"] is None
                                         else f" --length-penalty {best['length_penalty']:g}")
+    flags += f" --precision {args.precision}" if args.precision else ""
     print(f"best on {card['source']}: {flags} (BLEU {best['bleu']:.2f}, {card['bleu_signature']}); "
           f"grid: {card['card_path']}")
     print(f"then: seq2seq evaluate {args.model} {flags}")
@@ -352,8 +364,16 @@ def cmd_serve(args) -> int:
     from seq2seq.serve.protocol import Limits
     from seq2seq.translate import Translator
     limits = Limits(**{name: getattr(args, name) for name in SERVE_LIMITS})
-    app.serve(lambda: Translator.load(args.model, args.device), args.host, args.port, limits, args.threads,
-              args.access_log)
+
+    def load() -> Translator:
+        translator = Translator.load(args.model, args.device)
+        if args.precision:
+            translator.config = dataclasses.replace(
+                translator.config, decode=translator.decode_config(precision=args.precision))
+        translator.decoding_model(translator.config.decode.precision)  # made now, not at the first request
+        return translator
+
+    app.serve(load, args.host, args.port, limits, args.threads, args.access_log)
     return 0
 
 

@@ -118,7 +118,9 @@ class TrainConfig:
     seed: int = _opt(1)
     threads: int = _opt(0, ge=0, help="CPU threads; 0 = torch default")
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
-    bf16: bool = _opt(False, help="bf16 autocast on CUDA")
+    precision: str = _opt("auto", choices=("auto", "float32", "bfloat16"),
+                          help="products in bf16 (weights and Adam stay float32); auto: bf16 where the "
+                               "device has it natively (CUDA with bf16; CPUs with avx512_bf16 or amx_bf16)")
     log_every: int = _opt(50, ge=1)
     max_bad_steps: int = _opt(10, ge=1, help="consecutive non-finite steps before giving up")
     tensorboard: bool = _opt(False, help="also write metrics as TensorBoard scalars (needs tensorboard)")
@@ -137,6 +139,9 @@ class DecodeConfig:
     no_repeat_ngram: int = _opt(0, ge=0)
     batch_tokens: int = _opt(16000, ge=1, help="source tokens per decoding batch, beams included")
     max_source_len: int = _opt(250, ge=1, help="longer source lines are translated in chunks of this many pieces")
+    precision: str = _opt("auto", choices=("auto", "float32", "bfloat16", "int8"),
+                          help="products of the decoder, attention and output layer; auto: the fastest at "
+                               "equal BLEU measured on this kind of device (seq2seq.precision)")
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,17 @@ def to_dict(cfg: Any) -> dict:
     return plain(cfg)
 
 
+def upgrade(d: dict) -> dict:
+    """A config dict written by an earlier version (in a checkpoint), in today's keys:
+    train.bf16 (bf16 autocast on CUDA only) became train.precision."""
+    train = d.get("train")
+    if isinstance(train, dict) and "bf16" in train:
+        train = {k: v for k, v in train.items() if k != "bf16"}
+        train.setdefault("precision", "auto" if d["train"]["bf16"] else "float32")
+        d = {**d, "train": train}
+    return d
+
+
 def from_dict(d: dict, cls: type = Config, prefix: str = "") -> Any:
     """Build a (nested) config dataclass from a dict, checking keys, types and ranges."""
     if not isinstance(d, dict):
@@ -187,10 +203,15 @@ def from_dict(d: dict, cls: type = Config, prefix: str = "") -> Any:
     return obj
 
 
+RENAMED = {"train.bf16": "train.precision"}  # keys of earlier versions, and what replaced them
+
+
 def _unknown_key(key: str, valid: list[str], prefix: str) -> str:
     leaf = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(leaf, valid, n=1)
     hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    if key in RENAMED:
+        hint = f" (renamed: use {RENAMED[key]}; see docs/changes.md)"
     return f"unknown key {key}{hint}; valid keys: {', '.join(prefix + v for v in valid)}"
 
 

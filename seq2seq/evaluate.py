@@ -82,7 +82,8 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
     seconds = time.perf_counter() - start
     scores = score(hyps, refs)
     dcfg = translator.decode_config(**decode)
-    tag = f"{split}.beam{dcfg.beam}"
+    chosen, why = translator.precision(dcfg.precision)
+    tag = f"{split}.beam{dcfg.beam}" + ("" if chosen == "float32" else f".{chosen}")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / f"{tag}.hyp", "".join(h + "\n" for h in hyps).encode())
     card = {
@@ -90,7 +91,7 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
         **{k: scores[k] for k in ("bleu", "bleu_signature", "chrf", "chrf_signature", "sentences")},
         "lowercase_13a_bleu": score(hyps, refs, lowercase=True, tokenize="13a")["bleu"],
         **_checkpoints(translator), "training": translator.training,
-        "decode": to_dict(dcfg),
+        "decode": to_dict(dcfg), "decode_precision": chosen, "decode_precision_reason": why,
         "sentences_per_second": round(len(sources) / seconds, 2), "decode_seconds": round(seconds, 2),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
@@ -114,6 +115,8 @@ def tune(translator, beams: list[int], penalties: list[float], data_dir: str | N
         raise Seq2SeqError("tune needs at least one beam size and one length penalty")
     (src_path, ref_path), = split_files(translator.config, data_dir, only=["valid"]).values()
     sources, refs = corpus.read_parallel(src_path, ref_path)
+    dcfg = translator.decode_config(**decode)
+    chosen, why = translator.precision(dcfg.precision)
     settings = [(b, None if b == 1 else lp) for b in sorted(set(beams)) for lp in
                 ([None] if b == 1 else sorted(set(penalties)))]
     grid = []
@@ -131,12 +134,12 @@ def tune(translator, beams: list[int], penalties: list[float], data_dir: str | N
         "split": "valid", "source": Path(src_path).name, "reference": Path(ref_path).name,
         "sentences": len(sources), "bleu_signature": signature,
         "grid": grid, "best": best, **_checkpoints(translator), "training": translator.training,
-        "decode": to_dict(translator.decode_config(**decode)),
+        "decode": to_dict(dcfg), "decode_precision": chosen, "decode_precision_reason": why,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
         "torch_version": torch.__version__, "hardware": hardware(translator.device),
     }
-    out = _results_dir(translator) / "tune.valid.json"
+    out = _results_dir(translator) / ("tune.valid.json" if chosen == "float32" else f"tune.valid.{chosen}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, (json.dumps(card, indent=2) + "\n").encode())
     return {**card, "card_path": str(out)}

@@ -39,7 +39,7 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, bias: Tensor | None, target:
     """smoothed_cross_entropy(x @ weight.T + bias, target, smoothing), chunk by chunk.
 
     x (N, H), weight (V, H), bias (V,) or None, target (N,) -> (loss sum, NLL sum), float32.
-    The projection runs in x's dtype (bf16 under autocast), the softmax in float32.
+    The products run in x's dtype (bf16 under autocast), the softmax and the sums in float32.
     """
     inputs = (x, weight) if bias is None else (x, weight, bias)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
@@ -75,8 +75,12 @@ def _chunks(x: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, smoo
             if grads:
                 d = log_probs.exp_()                                        # (C, V) p, in place
                 d.scatter_add_(1, y[:, None], torch.full_like(gold, -1.0))  # p - onehot(y)
-                dx[rows] = d.to(x.dtype) @ w
-                dw.addmm_(d.t(), x[rows].float())
+                d_x = d.to(x.dtype)                                         # (C, V) bf16 under autocast
+                dx[rows] = d_x @ w
+                if x.dtype == torch.float32:
+                    dw.addmm_(d.t(), x[rows])
+                else:  # the product in x's format, as autocast runs a Linear's weight gradient
+                    dw += (d_x.t() @ x[rows]).float()
                 db += d.sum(0)
     return (1.0 - smoothing) * nll + smoothing * smooth, nll, ((dx, dw, db) if grads else None)
 

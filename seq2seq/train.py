@@ -15,7 +15,6 @@ import math
 import os
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from seq2seq import checkpoint, scoring
+from seq2seq import checkpoint, precision, quantize, scoring
 from seq2seq.batching import Batch, TokenBatchSampler, collate, eval_batches
-from seq2seq.config import Config, DecodeConfig, diff, dump_toml, from_dict, to_dict
+from seq2seq.config import Config, DecodeConfig, diff, dump_toml, from_dict, to_dict, upgrade
 from seq2seq.dataset import Split
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import Objective, Seq2Seq, build_model, summary
@@ -35,7 +34,7 @@ from seq2seq.translate import decode_ids
 
 # Keys that may change when resuming: they steer the run, not the model or its data.
 RESUMABLE = ("train.max_steps", "train.max_epochs", "train.max_minutes", "train.valid_every",
-             "train.patience", "train.keep_last", "train.log_every", "train.threads",
+             "train.patience", "train.keep_last", "train.log_every", "train.threads", "train.precision",
              "train.device", "train.max_bad_steps", "train.warmup_steps", "train.valid_beam", "train.tensorboard",
              "decode", "data.data_dir", "data.test_splits", "data.test")
 
@@ -173,7 +172,9 @@ def validate(model: Seq2Seq, split: Split, prepared: Prepared, cfg: Config,
                             batch.tgt_mask, 0.0)
         nll_sum += float(nll)
         tokens += batch.ntokens
-    hyps = decode_ids(model, split.src, valid_decode_config(cfg), device)
+    decode = valid_decode_config(cfg)
+    hyps = decode_ids(quantize.for_decoding(model, precision.decoding(decode.precision, device)[0]), split.src,
+                      decode, device)
     texts = prepared.tokenizers.tgt.decode([h[0].tokens for h in hyps])
     bleu = scoring.corpus_bleu(texts, split.refs)
     model.train()
@@ -185,9 +186,9 @@ def validate(model: Seq2Seq, split: Split, prepared: Prepared, cfg: Config,
 
 
 def make_payload(model: Seq2Seq, optimizer, schedule: LRSchedule, sampler: TokenBatchSampler,
-                 progress: Progress, cfg: Config, prepared: Prepared) -> dict:
+                 progress: Progress, cfg: Config, prepared: Prepared, trained_in: str) -> dict:
     return {
-        "config": to_dict(cfg), "tokenizer": prepared.tokenizers.to_payload(),
+        "config": to_dict(cfg), "tokenizer": prepared.tokenizers.to_payload(), "precision": trained_in,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(), "sampler": sampler.state_dict(),
         "progress": vars(progress).copy(), "rng": torch.get_rng_state(),
@@ -202,7 +203,7 @@ def check_before_prepare(cfg: Config, expdir: Path, resume: bool) -> None:
     if resume:
         if not last.exists():
             raise Seq2SeqError(f"--resume: no checkpoint at {last}")
-        check_resumable(from_dict(checkpoint.load(last)["config"]), cfg)
+        check_resumable(from_dict(upgrade(checkpoint.load(last)["config"])), cfg)
     elif last.exists():
         raise Seq2SeqError(f"{expdir} already holds a training run; use --resume or another --out")
 
@@ -322,6 +323,8 @@ class Run:
     sampler: TokenBatchSampler
     progress: Progress
     metrics: MetricsLog
+    precision: tuple[str, str]    # the products' format in training (float32 | bfloat16) and why
+    decoding: tuple[str, str]     # the format validation decodes in (decode.precision) and why
 
     @property
     def is_main(self) -> bool:
@@ -333,7 +336,7 @@ class Run:
 
     def payload(self) -> dict:
         return make_payload(self.model, self.optimizer, self.schedule, self.sampler, self.progress,
-                            self.cfg, self.prepared)
+                            self.cfg, self.prepared, self.precision[0])
 
 
 def train(cfg: Config, expdir: Path, prepared: Prepared, resume: bool = False) -> dict:
@@ -366,20 +369,25 @@ def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> R
               make_optimizer(model, cfg),
               LRSchedule(t.lr, t.schedule, t.warmup_steps, t.plateau_factor, t.plateau_patience, t.min_lr),
               TokenBatchSampler(prepared.splits["train"].sizes(), t.batch_tokens, t.seed, rank, world),
-              Progress(), MetricsLog(expdir, rank == 0, t.tensorboard))
+              Progress(), MetricsLog(expdir, rank == 0, t.tensorboard), precision.training(t.precision, device),
+              precision.decoding(cfg.decode.precision, device))  # a choice this device lacks fails here, not later
     if resume:
         for stale in (expdir / "checkpoints").glob(".*.tmp*"):  # from a write that was killed
             stale.unlink(missing_ok=True)
         _restore(run, expdir / "checkpoints" / "last.pt")
     run.metrics.start(run.progress.step)
+    run.metrics.write({"type": "start", "step": run.progress.step, "precision": run.precision[0],
+                       "precision_reason": run.precision[1], "decode_precision": run.decoding[0],
+                       "decode_precision_reason": run.decoding[1]})
     return run
 
 
 def _loop(run: Run, stop: StopRequest) -> None:
     t, p = run.cfg.train, run.progress
     train_split = run.prepared.splits["train"]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if (t.bf16 and run.device.type == "cuda")
-                else nullcontext())
+    autocast = precision.autocast(run.precision[0], run.device)
+    run.log(f"precision: {run.precision[0]} ({run.precision[1]}); validation decodes in {run.decoding[0]} "
+            f"({run.decoding[1]})")
     bar = tqdm(total=t.max_steps or None, initial=p.step, disable=not run.is_main,
                dynamic_ncols=True, unit="step", smoothing=0.05)
     started, window_tokens, window_start = time.monotonic() - p.elapsed, 0, time.monotonic()
@@ -471,6 +479,11 @@ def _restore(run: Run, last: Path) -> None:
         raise Seq2SeqError(f"{last}: this checkpoint has no training state (an average?); it can translate "
                            "but not be resumed")
     run.model.load_state_dict(payload["model"])
+    trained_in = payload.get("precision", "float32")
+    if trained_in != run.precision[0]:  # allowed (another machine, another choice), but said
+        run.log(f"resuming in {run.precision[0]} a run trained so far in {trained_in}")
+        run.precision = (run.precision[0], f"{run.precision[1]}; trained in {trained_in} before step "
+                                           f"{payload['progress']['step']}")
     run.optimizer.load_state_dict(payload["optimizer"])
     run.schedule.load_state_dict(payload["schedule"])
     run.sampler.load_state_dict(payload["sampler"])

@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from seq2seq import checkpoint, search
+from seq2seq import checkpoint, precision, quantize, search
 from seq2seq.batching import collate_src, eval_batches
-from seq2seq.config import Config, DecodeConfig, check_ranges, from_dict
+from seq2seq.config import Config, DecodeConfig, check_ranges, from_dict, upgrade
 from seq2seq.ensemble import Ensemble
 from seq2seq.errors import Seq2SeqError
 from seq2seq.model import Seq2Seq, build_model
@@ -111,6 +111,7 @@ class Translator:
         self.device = device
         self.sources = list(sources or [])  # the checkpoint file of each model (several for an ensemble)
         self.training = training or {}  # how far the (first) checkpoint had trained, for results cards
+        self._decoding: dict[str, Seq2Seq | Ensemble] = {"float32": self.model}  # by decode precision
 
     @classmethod
     def load(cls, path: str | Path | list, device: str | torch.device = "cpu") -> "Translator":
@@ -142,6 +143,17 @@ class Translator:
             raise Seq2SeqError(f"--nbest ({cfg.nbest}) must be <= --beam ({cfg.beam})")
         return cfg
 
+    def precision(self, setting: str) -> tuple[str, str]:
+        """The format `decode.precision = setting` decodes in on this translator's device, and why."""
+        return precision.decoding(setting, self.device)
+
+    def decoding_model(self, setting: str) -> Seq2Seq | Ensemble:
+        """The model as it decodes in `setting` (a bf16 or int8 copy is made once and kept)."""
+        chosen, _ = self.precision(setting)
+        if chosen not in self._decoding:
+            self._decoding[chosen] = quantize.for_decoding(self.model, chosen)
+        return self._decoding[chosen]
+
     def translate(self, lines: list[str], **decode) -> list[str]:
         """One output line per input line; empty or whitespace-only input gives ''."""
         return [nbest[0].text if nbest else "" for nbest in self.translate_with_details(lines, **decode)]
@@ -156,7 +168,7 @@ class Translator:
         src = self.tokenizers.src.encode([lines[i] for i in keep])
         L = cfg.max_source_len
         chunks = [(j, s[c:c + L]) for j, s in enumerate(src) for c in range(0, max(len(s), 1), L)]
-        hyps = decode_ids(self.model, [c for _, c in chunks], cfg, self.device, return_attention)
+        hyps = decode_ids(self.decoding_model(cfg.precision), [c for _, c in chunks], cfg, self.device, return_attention)
         per_line: list[list[tuple[list[int], list[Hypothesis]]]] = [[] for _ in src]
         for (j, chunk), nbest in zip(chunks, hyps):
             per_line[j].append((chunk, nbest))
@@ -183,7 +195,7 @@ class Translator:
 def _load_one(path: str | Path, device: torch.device) -> tuple[Seq2Seq, Tokenizers, Config, str, dict]:
     ckpt_path = checkpoint.resolve(path)
     payload = checkpoint.load(ckpt_path, mmap=True)  # the optimizer state is never read
-    config = from_dict(payload["config"])
+    config = from_dict(upgrade(payload["config"]))
     tokenizers = _tokenizers_from_payload(payload, ckpt_path)
     model = build_model(config.model, len(tokenizers.src), len(tokenizers.tgt), init=False)  # weights follow
     try:
@@ -201,11 +213,12 @@ def _training_of(payload: dict) -> dict:
         newest = max((p for p in payload.get("averaged_progress") or [] if p), key=lambda p: p.get("step", 0),
                      default={})
         return {"averaged_from": [Path(p).name for p in payload["averaged_from"]],
-                "steps": newest.get("step"),
+                "steps": newest.get("step"), "precision": payload.get("precision", "float32"),
                 "minutes": round(newest["elapsed"] / 60, 2) if "elapsed" in newest else None}
     p = payload.get("progress") or {}
     validated = p.get("best_step", 0) > 0  # else best_bleu is still its -1 placeholder
     return {"steps": p.get("step"), "minutes": round(p.get("elapsed", 0.0) / 60, 2),
+            "precision": payload.get("precision", "float32"),  # checkpoints before train.precision: float32
             "best_valid_bleu": p.get("best_bleu") if validated else None,
             "best_step": p.get("best_step") if validated else None}
 

@@ -203,9 +203,11 @@ valid_every = 100
 seed = 1
 threads = 1
 schedule = "constant"
+precision = "float32"
 
 [decode]
 beam = 3
+precision = "float32"
 max_len_a = 1.0
 max_len_b = 4
 """

@@ -280,7 +280,7 @@ def test_results_card_training_fields_for_trained_averaged_and_unvalidated_check
     newest = checkpoint.load(steps[-1])["progress"]
     assert _training_of(checkpoint.average(steps)) == {
         "averaged_from": [p.name for p in steps], "steps": newest["step"],
-        "minutes": round(newest["elapsed"] / 60, 2)}
+        "minutes": round(newest["elapsed"] / 60, 2), "precision": "float32"}
     assert _training_of(checkpoint.average(steps[::-1]))["steps"] == newest["step"]  # the newest, not the last named
     assert _training_of(checkpoint.average(steps))["minutes"] > 0
     fresh = {**best, "progress": {**best["progress"], "best_bleu": -1.0, "best_step": 0}}

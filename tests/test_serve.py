@@ -580,15 +580,16 @@ def multi30k_model(tmp_path_factory):
     return root / "exp"
 
 
-def test_serve_answers_as_translate_on_multi30k_test_lines(multi30k_model, multi30k_dir, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])
+def test_serve_answers_as_translate_on_multi30k_test_lines(multi30k_model, multi30k_dir, tmp_path, precision):
     with gzip.open(multi30k_dir / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
         lines = [next(f).rstrip("\n") for _ in range(100)]
     (tmp_path / "src.de").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    p = run_cli("translate", multi30k_model, "-i", tmp_path / "src.de")
+    p = run_cli("translate", multi30k_model, "-i", tmp_path / "src.de", "--precision", precision)
     assert p.returncode == 0, p.stderr
     expected = p.stdout.split("\n")[:-1]
     assert len(set(expected)) > 25  # (52 distinct lines after 300 steps, 90 after 500, on a Xeon)
-    s = Server(multi30k_model, log=tmp_path / "server.log")
+    s = Server(multi30k_model, "--precision", precision, log=tmp_path / "server.log")
     try:
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(lambda line: s.translate({"text": line}), lines))

@@ -153,12 +153,15 @@ def test_validation_decodes_with_every_decode_setting(small_task, tmp_path, monk
     assert seen == [replace(cfg.decode, beam=2, nbest=1)]
 
 
-def test_resume_is_exact(small_task, tmp_path):
-    """N + M steps straight == N steps, then --resume to N + M: same weights, same losses.
-    Dropout and scheduled sampling make the RNG state matter."""
+@pytest.mark.parametrize("train_in, decode_in", [("float32", "float32"), ("bfloat16", "int8")])
+def test_resume_is_exact(small_task, tmp_path, train_in, decode_in):
+    """N + M steps straight == N steps, then --resume to N + M: same weights, same losses, in
+    float32 and in bf16 training (with int8 validation decoding). Dropout and scheduled sampling
+    make the RNG state matter."""
     N, M = 6, 5
     noisy = ["model.encoder.dropout=0.3", "model.decoder.dropout=0.3", "train.teacher_forcing=0.8",
-             f"train.valid_every={N}", "train.schedule='plateau'"]
+             f"train.valid_every={N}", "train.schedule='plateau'", f"train.precision='{train_in}'",
+             f"decode.precision='{decode_in}'"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run(tiny_config(small_task, *noisy, f"train.max_steps={N + M}"), straight)
     run(tiny_config(small_task, *noisy, f"train.max_steps={N}"), resumed)

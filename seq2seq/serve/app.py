@@ -49,6 +49,7 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
     batcher = Batcher(lambda lines, s: decode(translator, lines, s), limits.max_wait_ms / 1000,
                       limits.max_batch_lines, limits.max_queue_lines, worker)
     models = ["/".join(Path(p).parts[-3:]) for p in translator.sources]
+    decoding = translator.precision(translator.config.decode.precision)
 
     async def translate(request: Request) -> JSONResponse:
         deadline = asyncio.get_running_loop().time() + limits.timeout  # one timeout for the whole request
@@ -67,7 +68,8 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({
             "status": "ok", "version": __version__, "models": models, "model": summary(translator),
-            "defaults": asdict(defaults), "limits": asdict(limits),
+            "defaults": asdict(defaults), "precision": decoding[0], "precision_reason": decoding[1],
+            "limits": asdict(limits),
             "queue": {"lines": batcher.queued_lines, "batches": batcher.batches, "requests": batcher.jobs,
                       "lines_decoded": batcher.lines},
         })
@@ -79,6 +81,7 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
     async def lifespan(app: Starlette):
         batcher.start()
         if url:
+            log.info("decoding in %s (%s)", *decoding)
             log.info("serving %s on %s (Ctrl+C or SIGTERM to stop)", ", ".join(models), url)
         yield
         await batcher.close()  # uvicorn has let every open request finish; this stops the decode thread
