@@ -39,15 +39,47 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo's
-    flags); without either, bfloat16 on the CPU is emulated and slower than float32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+def native_bf16() -> str | None:
+    """The CPU flag that shows native bf16 products (avx512_bf16, amx_bf16), or None: without
+    one, bfloat16 on the CPU is emulated and slower than float32."""
+    from seq2seq import precision
+    return precision.native_bf16(precision.cpu_flags())
+
+
+def cpu_line() -> str:
+    """What a benchmark prints first: the CPU and whether it has native bf16."""
+    flag = native_bf16()
+    return f"CPU: {cpu_name()}; native bf16: {'yes (' + flag + ')' if flag else 'no'}"
+
+
+# Runs a command and reports its peak RSS: ru_maxrss as wait4 reports it, the largest resident set
+# the command (or a child it waited for) ever had, in KiB. Linux also counts in a process's
+# ru_maxrss the memory of the process it was forked from, so the command is spawned by this bare
+# interpreter (~10 MB) rather than by a benchmark that holds torch and a model.
+LAUNCHER = """
+import os, sys
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def measured(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
+    """Run `cmd` to its end: (wall seconds, peak RSS in bytes); a failure exits with its stderr."""
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "maxrss"
+        start = time.perf_counter()
+        p = subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER, str(rss_file), *cmd], env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - start
+        if p.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr.decode(errors='replace')[-2000:]}")
+        return seconds, int(rss_file.read_text()) * 1024
 
 
 def common_arguments(description: str) -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, save_result
+from common import LAUNCHER, ROOT, save_result
 
 from seq2seq import config, corpus
 from seq2seq.evaluate import hardware
@@ -87,20 +87,7 @@ def overrides(src: Path, tgt: Path, data_dir: Path) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-# The peak RSS of a measured command is read after it has exited: ru_maxrss as wait4 reports it,
-# the largest resident set the command (or a child it waited for) ever had, in KiB. A small
-# launcher starts the command and waits for it, because Linux also counts in a process's
-# ru_maxrss the high-water mark of the memory it was forked from (recorded at exec): read here,
-# from this process's own children, it would be at least this process's peak, torch included.
-# The launcher is a bare interpreter (~10 MB, ~20 ms to start), far below any command measured.
-LAUNCHER = """
-import os, sys
-pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
-    f.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
+# The peak RSS of a measured command: see LAUNCHER in bench/common.py.
 PSS_EVERY = 0.5  # seconds between samples of the process tree's PSS (light on 2 shared cores)
 
 

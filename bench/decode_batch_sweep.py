@@ -28,16 +28,19 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 8000, 16000, 32000])
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "int8"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     translator = Translator.load(args.model)
     (src_file, _), = split_files(translator.config, args.data_dir, only=["test_2016_flickr"]).values()
     src = translator.tokenizers.src.encode(corpus.read_lines(src_file))
+    model = translator.decoding_model(args.precision)
+    print(f"precision {translator.precision(args.precision)[0]}", flush=True)
     for beam in (5, 1):
         for size in args.sizes:
             cfg = replace(translator.config.decode, beam=beam, nbest=1, batch_tokens=size)
             start = time.perf_counter()
-            decode_ids(translator.model, src, cfg, translator.device)
+            decode_ids(model, src, cfg, translator.device)
             print(f"beam {beam} batch_tokens {size}: {len(src) / (time.perf_counter() - start):.1f} sent/s",
                   flush=True)
 

@@ -1,6 +1,11 @@
 """Training speed and memory against OpenNMT-py 3.5.1, side by side in one window.
 
-    python bench/peer_speed.py [--quick] [--minutes 5] [--data-dir DIR]
+    python bench/peer_speed.py [--quick] [--minutes 5] [--data-dir DIR] [--precision auto]
+
+Ours trains at --precision (train.precision; default auto: bf16 products where the CPU has native
+bf16, float32 elsewhere); `--precision float32` is the float32 comparison. OpenNMT-py trains in
+float32: its one precision option (model_dtype fp16) applies to CUDA only, so float32 is its
+fastest CPU setting.
 
 1. OpenNMT-py 3.5.1 goes into its own virtual environment (bench/results/peers/venv, kept between
    runs) beside torch 2.13.0, from $TORCH_INDEX_URL when set (as scripts/setup_env.sh installs it:
@@ -48,7 +53,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import ROOT, cpu_name, save_result
+from common import ROOT, cpu_line, save_result
 
 WORK = ROOT / "bench/results/peers"
 ONMT_REQUIREMENTS = ["configargparse", "ctranslate2>=4,<5", "tensorboard", "flask", "waitress", "pyonmttok>=1,<2",
@@ -176,13 +181,14 @@ def onmt_run(venv: Path, seconds: float, eos_factor: float) -> dict:
             "peak_rss_gib": peak, "seconds": time.time() - started}
 
 
-def ours_run(name: str, settings: list[str], expdir: Path, seconds: float, data_dir: str | None) -> dict:
+def ours_run(name: str, settings: list[str], expdir: Path, seconds: float, data_dir: str | None,
+             precision: str) -> dict:
     out = WORK / ("ours_" + re.sub(r"\W+", "_", name)[:40])
     subprocess.run(["rm", "-rf", str(out)], check=True)
     out.mkdir(parents=True)
     for f in ("spm.model", "prepare.json", "cache"):  # the prepared data, shared by both runs
         os.symlink(expdir / f, out / f)
-    sets = [x for s in [*SHAPE, *settings, "train.threads=2", "train.log_every=10", "train.valid_every=1000000", "train.max_steps=0",
+    sets = [x for s in [*SHAPE, *settings, f"train.precision='{precision}'", "train.threads=2", "train.log_every=10", "train.valid_every=1000000", "train.max_steps=0",
                         "train.max_minutes=0"] for x in ("--set", s)]
     cmd = [sys.executable, "-m", "seq2seq.cli", "train", str(ROOT / "recipes/multi30k_de_en.toml"), "--out", str(out),
            *sets, *(["--data-dir", data_dir] if data_dir else [])]
@@ -194,8 +200,9 @@ def ours_run(name: str, settings: list[str], expdir: Path, seconds: float, data_
     after = [r for r in train if r["minutes"] * 60 >= first + WARMUP_SECONDS]
     if not after:
         raise SystemExit(f"{name}: no training reports after {WARMUP_SECONDS} s; see {out}")
+    start = next(r for r in records if r["type"] == "start")
     return {"tok_per_s": sum(r["tok_per_s"] for r in after) / len(after), "steps": train[-1]["step"],
-            "peak_rss_gib": peak}
+            "peak_rss_gib": peak, "precision": start["precision"]}
 
 
 OURS_TRANSLATE = """
@@ -311,16 +318,18 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="Multi30K (default: $SEQ2SEQ_DATA_DIR, data/multi30k)")
     ap.add_argument("--decode-steps", type=int, default=300, help="training steps before the decoding comparison")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding comparison (step 5)")
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                    help="train.precision of our runs (default auto)")
     args = ap.parse_args()
     seconds = 90 if args.quick else args.minutes * 60
-    print(f"cpu: {cpu_name()}, 2 threads" + ("" if args.decode_only else f", {seconds:.0f} s of training per run"),
-          flush=True)
+    print(f"{cpu_line()}, 2 threads" + ("" if args.decode_only else f", {seconds:.0f} s of training per run, "
+                                        f"ours at precision {args.precision}"), flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
     venv = onmt_venv()
     expdir, eos_factor = prepare(args.data_dir)
-    result = {"cpu": cpu_name()}
+    result = {"cpu": cpu_line(), "precision": args.precision}
     if not args.decode_only:
-        result.update(train_comparison(venv, expdir, eos_factor, seconds, args.data_dir))
+        result.update(train_comparison(venv, expdir, eos_factor, seconds, args.data_dir, args.precision))
     if not args.quick:
         result["decode"] = decode_comparison(venv, expdir, args.decode_steps, args.data_dir)
     save_result("peer_speed", result)
@@ -334,12 +343,13 @@ def main() -> None:
     print(" ".join(last))
 
 
-def train_comparison(venv: Path, expdir: Path, eos_factor: float, seconds: float, data_dir: str | None) -> dict:
+def train_comparison(venv: Path, expdir: Path, eos_factor: float, seconds: float, data_dir: str | None,
+                     precision: str) -> dict:
     rows = {"OpenNMT-py 3.5.1 (bench/onmt_rnn.yaml)": onmt_run(venv, seconds, eos_factor)}
     print(f"  OpenNMT-py: {rows['OpenNMT-py 3.5.1 (bench/onmt_rnn.yaml)']['tok_per_s']:,.0f} tok/s", flush=True)
     for name, settings in OURS.items():
-        rows[name] = ours_run(name, settings, expdir, seconds, data_dir)
-        print(f"  {name}: {rows[name]['tok_per_s']:,.0f} tok/s", flush=True)
+        rows[name] = ours_run(name, settings, expdir, seconds, data_dir, precision)
+        print(f"  {name} ({rows[name]['precision']}): {rows[name]['tok_per_s']:,.0f} tok/s", flush=True)
     onmt = rows["OpenNMT-py 3.5.1 (bench/onmt_rnn.yaml)"]
     print(f"\n{'run':<48} {'target tok/s':>12} {'vs OpenNMT-py':>13} {'steps':>6} {'peak RSS GiB':>12}")
     for name, r in rows.items():
