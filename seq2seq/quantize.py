@@ -79,14 +79,14 @@ class LowLinear(nn.Module):
         x = x.reshape(-1, shape[-1]).float()                                       # (M, K)
         if self.precision == "bfloat16":
             y = F.linear(x.to(torch.bfloat16), self.weight).float()
-        else:
+        else:  # in place after the first float copy: one (M, N) tensor per part, not four
             y = None
             for i, (a, b) in enumerate(zip(self.bounds, self.bounds[1:])):
                 q, sx = quantize_rows(x[:, a:b])
-                part = int_mm(q, getattr(self, f"qweight{i}")).float() * sx * getattr(self, f"scale{i}")  # (M, N)
-                y = part if y is None else y + part
+                part = int_mm(q, getattr(self, f"qweight{i}")).float().mul_(sx).mul_(getattr(self, f"scale{i}"))
+                y = part if y is None else y.add_(part)                                # (M, N)
         if self.bias is not None:
-            y = y + self.bias
+            y = y.add_(self.bias)
         return y.reshape(*shape[:-1], y.size(-1))
 
 
