@@ -208,6 +208,68 @@ def test_one_failing_request_does_not_fail_the_others_in_its_batch(caplog):
     assert fake.calls[0] == (["a", "boom", "c"], 0)  # tried together first, then one by one
 
 
+def test_a_decode_that_miscounts_its_results_fails_the_requests_with_a_logged_reason(caplog):
+    def short(lines, settings):  # one result too few: sliced among the jobs, answers would shift
+        return [line.upper() for line in lines][:-1]
+
+    async def main():
+        b = Batcher(short, max_wait=0.05)
+        b.start()
+        results = await asyncio.gather(b.submit(["a"], 0), b.submit(["b", "c"], 0), return_exceptions=True)
+        await b.close()
+        return results
+
+    assert all(isinstance(r, RuntimeError) for r in run_async(main()))
+    assert "decode returned 0 results for 1 lines" in caplog.text  # logged, with the reason
+    assert "decoded one by one, 2 of them failed" in caplog.text
+
+
+def test_a_batch_that_fails_whose_retries_succeed_is_logged(caplog):
+    calls = []
+
+    def flaky(lines, settings):  # fails the first (batched) call only
+        calls.append(lines)
+        if len(calls) == 1:
+            raise ValueError("transient")
+        return [line.upper() for line in lines]
+
+    async def main():
+        b = Batcher(flaky, max_wait=0.05)
+        b.start()
+        results = await asyncio.gather(b.submit(["a"], 0), b.submit(["b"], 0))
+        await b.close()
+        return results
+
+    assert run_async(main()) == [["A"], ["B"]]
+    assert "a batch of 2 requests failed; decoded one by one, 0 of them failed" in caplog.text
+
+
+def test_a_fault_of_the_batcher_itself_answers_its_requests_and_it_goes_on(caplog, monkeypatch):
+    fake = FakeDecode()
+
+    async def main():
+        b = Batcher(fake, max_wait=0.0)
+        real = b._decode_batch
+        faults = [RuntimeError("a bug in the batcher")]
+
+        async def buggy(batch):
+            if faults:
+                raise faults.pop()
+            await real(batch)
+
+        monkeypatch.setattr(b, "_decode_batch", buggy)
+        b.start()
+        first = await asyncio.gather(b.submit(["a"], 0), return_exceptions=True)
+        second = await asyncio.wait_for(b.submit(["b"], 0), 10)  # the batcher still serves
+        await b.close()
+        return first, second
+
+    (first,), second = run_async(main())
+    assert isinstance(first, RuntimeError) and "batcher failed" in str(first)
+    assert second == ["B/0"]
+    assert "the batcher failed on a batch of 1 requests" in caplog.text and "a bug in the batcher" in caplog.text
+
+
 def test_the_queue_is_bounded_in_lines():
     fake = FakeDecode()
 

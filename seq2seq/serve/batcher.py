@@ -9,8 +9,12 @@ while the model decodes:
   - while a batch decodes, new jobs queue up, and the next batch takes them all: the busier
     the server, the larger its batches;
   - jobs with the same settings are decoded in one call of `decode` (the `translate` code
-    path); a call that fails is retried job by job, so one bad job never fails another;
-  - the queue is bounded in lines: `submit` raises `QueueFull` rather than letting memory grow.
+    path); a call that fails, or returns another number of results than it got lines, is
+    retried job by job, so one bad job never fails another (and the log says so);
+  - the queue is bounded in lines: `submit` raises `QueueFull` rather than letting memory grow;
+  - a fault of the batcher itself is logged with its traceback, the jobs it held get a
+    RuntimeError (the server answers 500), and the batcher goes on with the next jobs: the task
+    that forms batches never ends while the server runs.
 
 The batcher knows nothing of HTTP or of models: `decode(lines, settings)` does the work, in the
 one thread of `worker`.
@@ -94,8 +98,17 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = await self._take_batch()
-            await self._decode_batch(batch)
+            batch: list[Job] = []
+            try:
+                batch = await self._take_batch()
+                await self._decode_batch(batch)
+            except Exception:  # a bug here must not leave every later request hanging
+                log.exception("the batcher failed on a batch of %d requests; they get a 500, and it goes on",
+                              len(batch))
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("the server's batcher failed on this request's "
+                                                              "batch (see the server's log)"))
 
     async def _take_batch(self) -> list[Job]:
         """The queued jobs, up to max_batch_lines lines (a larger job goes alone). The batch waits
@@ -136,6 +149,7 @@ class Batcher:
                 if len(jobs) == 1:
                     _fail(jobs[0])
                     continue
+                failed = 0
                 for job in jobs:  # find the job that fails; the others get their results
                     if job.future.done():
                         continue
@@ -143,6 +157,8 @@ class Batcher:
                         _finish(job, await self._in_worker(job.lines, settings))
                     except Exception:
                         _fail(job)
+                        failed += 1
+                log.warning("a batch of %d requests failed; decoded one by one, %d of them failed", len(jobs), failed)
                 continue
             start = 0
             for job in jobs:
@@ -150,7 +166,10 @@ class Batcher:
                 start += len(job.lines)
 
     async def _in_worker(self, lines: list[str], settings: Hashable) -> list[Any]:
-        return await asyncio.get_running_loop().run_in_executor(self._worker, self.decode, lines, settings)
+        results = await asyncio.get_running_loop().run_in_executor(self._worker, self.decode, lines, settings)
+        if len(results) != len(lines):  # sliced among the jobs below: a miscount would mix up answers
+            raise RuntimeError(f"decode returned {len(results)} results for {len(lines)} lines")
+        return results
 
 
 def _finish(job: Job, results: list[Any]) -> None:
