@@ -135,6 +135,7 @@ SERVE_LIMITS = {
     "max_batch_lines": (positive_int, "lines decoded together at most"),
     "max_wait_ms": (float, "how long a request that finds the server idle waits for companions"),
     "max_connections": (positive_int, "open connections at most; more get 503"),
+    "max_attention_hypotheses": (positive_int, "attention maps one answer may hold (lines x nbest); more get 413"),
 }
 
 

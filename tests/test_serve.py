@@ -348,6 +348,20 @@ def rows(n: int, seed: int) -> list[str]:
     return reverse_rows(n, seed, lengths=(2, 9))[0]
 
 
+def test_attention_for_too_many_hypotheses_is_refused_at_once_and_memory_stays(server):
+    before = server.rss_mib()
+    start = time.monotonic()
+    status, _, body = server.request("POST", "/translate", {"texts": rows(256, seed=4), "beam": 16, "nbest": 16,
+                                                            "attention": True})
+    assert status == 413 and "--max-attention-hypotheses" in body["error"] and "asks 4096" in body["error"]
+    assert time.monotonic() - start < 1.0
+    assert server.rss_mib() - before < 20  # nothing was decoded or built
+    status, body = server.translate({"texts": rows(4, seed=4), "beam": 8, "nbest": 8, "attention": True})
+    assert status == 200 and all(h["attention"] for line in body["translations"] for h in line["nbest"])
+    status, body = server.translate({"texts": rows(256, seed=4), "beam": 4, "nbest": 4})  # no attention: no cap
+    assert status == 200 and len(body["translations"]) == 256
+
+
 def test_health_describes_the_model(server):
     status, _, health = server.request("GET", "/health")
     assert status == 200

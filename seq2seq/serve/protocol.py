@@ -29,6 +29,9 @@ class Limits:
     max_batch_lines: int = 256
     max_wait_ms: float = 5.0        # how long a request that finds the server idle waits for companions
     max_connections: int = 512      # open connections; more get 503 (uvicorn's limit_concurrency)
+    # attention maps in one answer (lines x nbest): each holds up to (target + 1) x (source + 1)
+    # weights, ~100k for a 250-piece line, so the cap bounds an answer's size (~30 MB of JSON)
+    max_attention_hypotheses: int = 32
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,12 @@ def parse_request(body: bytes, defaults: Settings, limits: Limits) -> tuple[list
                                   f"character {e.start})")
         if "\n" in line:
             raise BadRequest(400, f"{name} contains a line break; send each line as one item of texts")
-    return lines, _settings(data, defaults, limits)
+    settings = _settings(data, defaults, limits)
+    if settings.attention and len(lines) * settings.nbest > limits.max_attention_hypotheses:
+        raise BadRequest(413, f"attention is answered for at most {limits.max_attention_hypotheses} hypotheses "
+                              f"(lines x nbest) per request, this one asks {len(lines) * settings.nbest} "
+                              "(--max-attention-hypotheses); ask without attention, or for fewer")
+    return lines, settings
 
 
 def _settings(data: dict, defaults: Settings, limits: Limits) -> Settings:
