@@ -32,6 +32,8 @@ def save_result(name: str, result: dict) -> None:
 
 
 def cpu_name() -> str:
+    """The CPU model, read here with the standard library (seq2seq.precision has the same, but
+    importing it loads torch, which benchmarks of other processes do not carry)."""
     try:
         with open("/proc/cpuinfo") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -39,16 +41,11 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def native_bf16() -> str | None:
-    """The CPU flag that shows native bf16 products (avx512_bf16, amx_bf16), or None: without
-    one, bfloat16 on the CPU is emulated and slower than float32."""
-    from seq2seq import precision
-    return precision.native_bf16(precision.cpu_flags())
-
-
 def cpu_line() -> str:
-    """What a benchmark prints first: the CPU and whether it has native bf16."""
-    flag = native_bf16()
+    """What a benchmark prints first: the CPU and whether it has native bf16 (without it,
+    bfloat16 on the CPU is emulated and slower than float32)."""
+    from seq2seq import precision
+    flag = precision.native_bf16(precision.cpu_flags())
     return f"CPU: {cpu_name()}; native bf16: {'yes (' + flag + ')' if flag else 'no'}"
 
 

@@ -18,6 +18,7 @@ import torch
 from common import ROOT
 
 from seq2seq import corpus
+from seq2seq.config import DECODE_PRECISIONS
 from seq2seq.prepare import split_files
 from seq2seq.translate import Translator, decode_ids
 
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 8000, 16000, 32000])
-    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "int8"))
+    ap.add_argument("--precision", default="auto", choices=DECODE_PRECISIONS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     translator = Translator.load(args.model)

@@ -55,6 +55,8 @@ from pathlib import Path
 
 from common import ROOT, cpu_line, save_result
 
+from seq2seq.config import TRAIN_PRECISIONS
+
 WORK = ROOT / "bench/results/peers"
 ONMT_REQUIREMENTS = ["configargparse", "ctranslate2>=4,<5", "tensorboard", "flask", "waitress", "pyonmttok>=1,<2",
                      "pyyaml", "sacrebleu", "rapidfuzz", "pyahocorasick", "fasttext-wheel", "spacy", "six"]
@@ -318,7 +320,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="Multi30K (default: $SEQ2SEQ_DATA_DIR, data/multi30k)")
     ap.add_argument("--decode-steps", type=int, default=300, help="training steps before the decoding comparison")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding comparison (step 5)")
-    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+    ap.add_argument("--precision", default="auto", choices=TRAIN_PRECISIONS,
                     help="train.precision of our runs (default auto)")
     args = ap.parse_args()
     seconds = 90 if args.quick else args.minutes * 60

@@ -105,6 +105,12 @@ def step_checkpoints(expdir: Path) -> list[Path]:
     return [p for _, p in sorted(steps)]
 
 
+def trained_in(payload: dict) -> str:
+    """The precision a checkpoint's training ran in; checkpoints written before train.precision
+    trained in float32."""
+    return payload.get("precision", "float32")
+
+
 def average(paths: list[Path]) -> dict[str, Any]:
     """The element-wise mean of several checkpoints' weights (fairseq's / Marian's trick).
 
@@ -116,18 +122,18 @@ def average(paths: list[Path]) -> dict[str, Any]:
     first = load(paths[0])
     total = {k: v.double() for k, v in first["model"].items()}
     progress = [first.get("progress")]
-    trained_in = {first.get("precision", "float32")}
+    formats = {trained_in(first)}
     for path in paths[1:]:
         payload = load(path)
         _check_compatible(first, paths[0], payload, path)
         for k, v in payload["model"].items():
             total[k] += v.double()
         progress.append(payload.get("progress"))
-        trained_in.add(payload.get("precision", "float32"))
+        formats.add(trained_in(payload))
     model = {k: (total[k] / len(paths)).to(v.dtype) if v.is_floating_point() else v
              for k, v in first["model"].items()}
     return {"config": first["config"], "tokenizer": first["tokenizer"], "model": model,
-            "precision": "+".join(sorted(trained_in)), "averaged_from": [str(p) for p in paths],
+            "precision": "+".join(sorted(formats)), "averaged_from": [str(p) for p in paths],
             "averaged_progress": progress}  # each input's training progress (None if it had none)
 
 

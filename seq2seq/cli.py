@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from seq2seq import __version__
+from seq2seq.config import DECODE_PRECISIONS, TRAIN_PRECISIONS
 from seq2seq.errors import Seq2SeqError
 
 
@@ -55,7 +56,7 @@ def _training_commands(sub) -> None:
     s.add_argument("--out")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument("--resume", action="store_true", help="continue from EXPDIR/checkpoints/last.pt")
-    s.add_argument("--precision", choices=("auto", "float32", "bfloat16"),
+    s.add_argument("--precision", choices=TRAIN_PRECISIONS,
                    help="train.precision: the products' format (default: the recipe's, auto)")
 
     s = sub.add_parser("average", help="average the weights of several checkpoints")
@@ -167,7 +168,7 @@ def _decode_options(s: argparse.ArgumentParser) -> None:
 
 
 def _precision_option(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--precision", choices=("auto", "float32", "bfloat16", "int8"),
+    s.add_argument("--precision", choices=DECODE_PRECISIONS,
                    help="decode.precision: the products' format (default: the recipe's, auto)")
 
 

@@ -29,6 +29,10 @@ def _opt(default: Any, *, ge: float | None = None, le: float | None = None,
     return field(default=default, metadata=meta)
 
 
+TRAIN_PRECISIONS = ("auto", "float32", "bfloat16")            # seq2seq.precision chooses for auto
+DECODE_PRECISIONS = ("auto", "float32", "bfloat16", "int8")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     corpus: str = _opt("multi30k", choices=("multi30k", "files"))
@@ -118,7 +122,7 @@ class TrainConfig:
     seed: int = _opt(1)
     threads: int = _opt(0, ge=0, help="CPU threads; 0 = torch default")
     device: str = _opt("auto", choices=("auto", "cpu", "cuda"))
-    precision: str = _opt("auto", choices=("auto", "float32", "bfloat16"),
+    precision: str = _opt("auto", choices=TRAIN_PRECISIONS,
                           help="products in bf16 (weights and Adam stay float32); auto: bf16 where the "
                                "device has it natively (CUDA with bf16; CPUs with avx512_bf16 or amx_bf16)")
     log_every: int = _opt(50, ge=1)
@@ -139,7 +143,7 @@ class DecodeConfig:
     no_repeat_ngram: int = _opt(0, ge=0)
     batch_tokens: int = _opt(16000, ge=1, help="source tokens per decoding batch, beams included")
     max_source_len: int = _opt(250, ge=1, help="longer source lines are translated in chunks of this many pieces")
-    precision: str = _opt("auto", choices=("auto", "float32", "bfloat16", "int8"),
+    precision: str = _opt("auto", choices=DECODE_PRECISIONS,
                           help="products of the decoder, attention and output layer; auto: the fastest at "
                                "equal BLEU measured on this kind of device (seq2seq.precision)")
 

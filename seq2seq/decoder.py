@@ -65,6 +65,15 @@ def select_memory(memory: Memory, index: Tensor) -> Memory:
     return Memory(*(t.index_select(0, index) for t in memory))
 
 
+def layer_inputs(cfg: DecoderConfig, memory_size: int) -> list[list[int]]:
+    """Each layer's input as the sizes of its concatenated parts: layer 1 takes [embedding;
+    previous attentional vector] with input feeding, else [embedding]; the layers above take
+    [layer below; context] with the gnmt feed, else [layer below]."""
+    first = [cfg.embedding] + ([cfg.hidden] if cfg.attention_feed == "input_feed" else [])
+    above = [cfg.hidden] + ([memory_size] if cfg.attention_feed == "gnmt" else [])
+    return [first] + [above] * (cfg.layers - 1)
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig, att: AttentionConfig, memory_size: int,
                  embedding: nn.Embedding, vocab_size: int):
@@ -73,10 +82,9 @@ class Decoder(nn.Module):
         self.embed = embedding
         self.dropout = nn.Dropout(cfg.dropout)
         rnn = StepLSTM if cfg.cell == "lstm" else StepGRU
-        E, H = cfg.embedding, cfg.hidden
-        sizes = [E + (H if cfg.attention_feed == "input_feed" else 0)]
-        sizes += [H + (memory_size if cfg.attention_feed == "gnmt" else 0)] * (cfg.layers - 1)
-        self.layers = nn.ModuleList(rnn(n, H, batch_first=True) for n in sizes)
+        H = cfg.hidden
+        self.memory_size = memory_size
+        self.layers = nn.ModuleList(rnn(sum(parts), H, batch_first=True) for parts in layer_inputs(cfg, memory_size))
         self.attention = Attention(att.type, H, memory_size, att.hidden)
         self.combine = nn.Linear(H + memory_size, H)
         self.out = nn.Linear(H, vocab_size)

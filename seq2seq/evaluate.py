@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,7 +17,7 @@ from typing import Callable
 import sacrebleu
 import torch
 
-from seq2seq import __version__, corpus
+from seq2seq import __version__, corpus, precision
 from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import to_dict
 from seq2seq.errors import Seq2SeqError
@@ -44,14 +43,8 @@ def _results_dir(translator) -> Path:
 
 def hardware(device: torch.device) -> dict:
     """What the numbers were measured on: CPU model and cores, threads, GPU if one was used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"cpu": precision.cpu_model(), "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "device": str(device), "gpu": gpu}
 
 

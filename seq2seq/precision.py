@@ -14,14 +14,14 @@ float32, so `auto` never picks it there.
 from __future__ import annotations
 
 import contextlib
+import platform
 from functools import lru_cache
 
 import torch
 
+from seq2seq.config import DECODE_PRECISIONS, TRAIN_PRECISIONS
 from seq2seq.errors import Seq2SeqError
 
-TRAINING = ("auto", "float32", "bfloat16")
-DECODING = ("auto", "float32", "bfloat16", "int8")
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 products
 # What `decode.precision = "auto"` picks on a CPU with native bf16: the fastest whole
 # `translate --beam 5` whose test BLEU stayed within 0.3 of float32 (bench/decode_speed.py,
@@ -30,16 +30,29 @@ AUTO_DECODE_NATIVE_BF16 = "int8"
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags of this machine's CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in Linux's /proc/cpuinfo (empty elsewhere)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
+                if not line.strip():
+                    break  # the end of the first processor
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return frozenset()
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this machine's CPU."""
+    return frozenset(_cpuinfo().get("flags", "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (results cards name the machine with it)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def native_bf16(flags: frozenset[str] | set[str]) -> str | None:
@@ -55,7 +68,7 @@ def cuda_bf16(device: torch.device) -> bool:
 
 def training(setting: str, device: torch.device, flags: frozenset[str] | None = None) -> tuple[str, str]:
     """(float32 | bfloat16, why) for `train.precision = setting` on `device`."""
-    _check(setting, TRAINING, "train.precision")
+    _check(setting, TRAIN_PRECISIONS, "train.precision")
     device = torch.device(device)
     if setting == "float32":
         return "float32", "train.precision = float32"
@@ -76,7 +89,7 @@ def training(setting: str, device: torch.device, flags: frozenset[str] | None = 
 
 def decoding(setting: str, device: torch.device, flags: frozenset[str] | None = None) -> tuple[str, str]:
     """(float32 | bfloat16 | int8, why) for `decode.precision = setting` on `device`."""
-    _check(setting, DECODING, "decode.precision")
+    _check(setting, DECODE_PRECISIONS, "decode.precision")
     device = torch.device(device)
     if setting != "auto":
         if setting == "int8" and device.type != "cpu":

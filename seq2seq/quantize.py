@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from seq2seq.decoder import StepGRU, StepLSTM
+from seq2seq.decoder import StepGRU, StepLSTM, layer_inputs
 from seq2seq.ensemble import Ensemble
 
 EXACT_COLUMNS = 1024  # 127 * 127 * 1024 < 2^24: float32 holds such int8 dot products exactly
@@ -79,7 +79,7 @@ class LowLinear(nn.Module):
         x = x.reshape(-1, shape[-1]).float()                                       # (M, K)
         if self.precision == "bfloat16":
             y = F.linear(x.to(torch.bfloat16), self.weight).float()
-        else:  # in place after the first float copy: one (M, N) tensor per part, not four
+        else:  # scaled in place: one (M, N) tensor per part
             y = None
             for i, (a, b) in enumerate(zip(self.bounds, self.bounds[1:])):
                 q, sx = quantize_rows(x[:, a:b])
@@ -142,16 +142,12 @@ def for_decoding(model: nn.Module, precision: str) -> nn.Module:
     shared = {id(p): p for p in model.parameters()}  # deepcopy copies the modules, not the weights
     out = copy.deepcopy(model, memo=shared).eval()
     dec = out.decoder
-    cfg, hidden, memory = dec.cfg, dec.cfg.hidden, dec.combine.in_features - dec.cfg.hidden
-    # each layer's input parts: [embedding; previous attentional vector] or [embedding]; then
-    # [layer below; context] with the gnmt feed, else [layer below]
-    parts = [[cfg.embedding] + ([hidden] if cfg.attention_feed == "input_feed" else [])]
-    parts += [[hidden] + ([memory] if cfg.attention_feed == "gnmt" else [])] * (cfg.layers - 1)
-    dec.layers = nn.ModuleList((LowLSTM if isinstance(r, StepLSTM) else LowGRU)(r, precision, p)
-                               for r, p in zip(dec.layers, parts))
+    dec.layers = nn.ModuleList((LowLSTM if isinstance(r, StepLSTM) else LowGRU)(r, precision, parts)
+                               for r, parts in zip(dec.layers, layer_inputs(dec.cfg, dec.memory_size)))
     att = dec.attention
-    if hasattr(att, "query_proj"):
+    if att.kind == "mlp":  # the other kinds project only the memory, once per sentence
         att.query_proj = LowLinear(att.query_proj.weight, att.query_proj.bias, precision)
-    dec.combine = LowLinear(dec.combine.weight, dec.combine.bias, precision, parts=[hidden, memory])
+    dec.combine = LowLinear(dec.combine.weight, dec.combine.bias, precision,
+                            parts=[dec.cfg.hidden, dec.memory_size])                 # [top; context]
     dec.out = LowLinear(dec.out.weight, dec.out.bias, precision)
     return out

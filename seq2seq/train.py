@@ -162,8 +162,9 @@ def valid_decode_config(cfg: Config) -> DecodeConfig:
 
 @torch.no_grad()
 def validate(model: Seq2Seq, split: Split, prepared: Prepared, cfg: Config,
-             device: torch.device) -> dict:
-    """Teacher-forced loss/perplexity and decoded sacreBLEU on the validation split."""
+             device: torch.device, decode_in: str = "float32") -> dict:
+    """Teacher-forced loss/perplexity and decoded sacreBLEU on the validation split; the decoding
+    runs in `decode_in` (as chosen at the start of the run from decode.precision)."""
     model.eval()
     nll_sum, tokens = 0.0, 0
     for indices in eval_batches(split.sizes(), cfg.train.batch_tokens):
@@ -173,8 +174,7 @@ def validate(model: Seq2Seq, split: Split, prepared: Prepared, cfg: Config,
         nll_sum += float(nll)
         tokens += batch.ntokens
     decode = valid_decode_config(cfg)
-    hyps = decode_ids(quantize.for_decoding(model, precision.decoding(decode.precision, device)[0]), split.src,
-                      decode, device)
+    hyps = decode_ids(quantize.for_decoding(model, decode_in), split.src, decode, device)
     texts = prepared.tokenizers.tgt.decode([h[0].tokens for h in hyps])
     bleu = scoring.corpus_bleu(texts, split.refs)
     model.train()
@@ -449,7 +449,8 @@ def _should_stop(run: Run, started: float, stop: StopRequest) -> bool:
 def _validate_and_save(run: Run) -> None:
     """Rank 0 validates and broadcasts BLEU so every rank steps its schedule alike."""
     p = run.progress
-    result = validate(run.model, run.prepared.splits["valid"], run.prepared, run.cfg, run.device) if run.is_main else {}
+    result = (validate(run.model, run.prepared.splits["valid"], run.prepared, run.cfg, run.device, run.decoding[0])
+              if run.is_main else {})
     bleu = torch.tensor([result.get("valid_bleu", 0.0)], dtype=torch.float64)
     if run.world > 1:
         dist.broadcast(bleu, 0)
@@ -479,7 +480,7 @@ def _restore(run: Run, last: Path) -> None:
         raise Seq2SeqError(f"{last}: this checkpoint has no training state (an average?); it can translate "
                            "but not be resumed")
     run.model.load_state_dict(payload["model"])
-    trained_in = payload.get("precision", "float32")
+    trained_in = checkpoint.trained_in(payload)
     if trained_in != run.precision[0]:  # allowed (another machine, another choice), but said
         run.log(f"resuming in {run.precision[0]} a run trained so far in {trained_in}")
         run.precision = (run.precision[0], f"{run.precision[1]}; trained in {trained_in} before step "

@@ -213,12 +213,12 @@ def _training_of(payload: dict) -> dict:
         newest = max((p for p in payload.get("averaged_progress") or [] if p), key=lambda p: p.get("step", 0),
                      default={})
         return {"averaged_from": [Path(p).name for p in payload["averaged_from"]],
-                "steps": newest.get("step"), "precision": payload.get("precision", "float32"),
+                "steps": newest.get("step"), "precision": checkpoint.trained_in(payload),
                 "minutes": round(newest["elapsed"] / 60, 2) if "elapsed" in newest else None}
     p = payload.get("progress") or {}
     validated = p.get("best_step", 0) > 0  # else best_bleu is still its -1 placeholder
     return {"steps": p.get("step"), "minutes": round(p.get("elapsed", 0.0) / 60, 2),
-            "precision": payload.get("precision", "float32"),  # checkpoints before train.precision: float32
+            "precision": checkpoint.trained_in(payload),
             "best_valid_bleu": p.get("best_bleu") if validated else None,
             "best_step": p.get("best_step") if validated else None}
 

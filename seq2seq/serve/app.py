@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import signal
@@ -29,7 +28,7 @@ import torch
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -64,8 +63,8 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
             results = await _answer_unless_gone(request, batcher.submit(lines, settings), deadline)
         except Exception as e:
             return _refusal(request, e, limits)
-        body = await asyncio.to_thread(_json, {"translations": results})  # large answers: not on the event loop
-        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
+        # JSONResponse renders its body when made: a large answer is made off the event loop
+        return await asyncio.to_thread(JSONResponse, {"translations": results}, headers={"Cache-Control": "no-store"})
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({
@@ -92,11 +91,6 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
         Route("/", index), Route("/health", health), Route("/translate", translate, methods=["POST"]),
         Mount("/assets", StaticFiles(directory=WEB)),
     ], lifespan=lifespan)
-
-
-def _json(payload: dict) -> bytes:
-    """The body JSONResponse would render."""
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
 
 
 def default_settings(translator: Translator, limits: Limits) -> Settings:
