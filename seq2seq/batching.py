@@ -60,11 +60,16 @@ def collate_src(src: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def collate(split: Split, indices: list[int]) -> Batch:
-    src, src_lengths, src_mask = collate_src([split.src[i] for i in indices])
-    tgt_in = pad([[BOS] + split.tgt[i] for i in indices])
-    tgt_out = pad([split.tgt[i] + [EOS] for i in indices])
+    return collate_pieces([split.src[i] for i in indices], [split.tgt[i] for i in indices], indices)
+
+
+def collate_pieces(src: list[list[int]], tgt: list[list[int]], indices: list[int]) -> Batch:
+    """The batch of these source and target pieces; `indices` are their places in the split."""
+    src_ids, src_lengths, src_mask = collate_src(src)
+    tgt_in = pad([[BOS] + list(t) for t in tgt])
+    tgt_out = pad([list(t) + [EOS] for t in tgt])
     tgt_mask = tgt_out != PAD
-    return Batch(src, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask,
+    return Batch(src_ids, src_lengths, src_mask, tgt_in, tgt_out, tgt_mask,
                  torch.tensor(indices, dtype=torch.long))
 
 

@@ -112,6 +112,14 @@ class TrainConfig:
     clip_norm: float = _opt(1.0, ge=0.0, help="0 disables clipping")
     label_smoothing: float = _opt(0.1, ge=0.0, le=0.9)
     teacher_forcing: float = _opt(1.0, ge=0.0, le=1.0)
+    subword_alpha: float = _opt(0.0, ge=0.0, help="subword regularization: each time a training sentence is "
+                                "used, draw its segmentation from its subword_nbest best with P^alpha "
+                                "(needs tokenizer.type = unigram); 0 = off, the best segmentation")
+    subword_nbest: int = _opt(64, ge=2, help="segmentations subword sampling draws from")
+    src_word_dropout: float = _opt(0.0, ge=0.0, le=0.95, help="replace each source piece type of a "
+                                   "training sentence by UNK with this probability")
+    tgt_word_dropout: float = _opt(0.0, ge=0.0, le=0.95, help="the same for the decoder's input pieces "
+                                   "(the labels stay whole)")
     max_steps: int = _opt(0, ge=0, help="0 = no limit")
     max_epochs: int = _opt(0, ge=0)
     max_minutes: float = _opt(0.0, ge=0.0)
@@ -309,6 +317,9 @@ def check_consistency(cfg: Config) -> None:
         for name, pair in cfg.data.test.items():
             if len(pair) != 2:
                 raise Seq2SeqError(f"data.test.{name} must be [src_path, tgt_path]")
+    if cfg.train.subword_alpha > 0 and cfg.tokenizer.type != "unigram":
+        raise Seq2SeqError("train.subword_alpha needs tokenizer.type = 'unigram' (n-best segmentations "
+                           f"come from the unigram model), got {cfg.tokenizer.type!r}")
     betas = cfg.train.betas
     if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
         raise Seq2SeqError(f"train.betas must be two numbers in [0, 1), got {list(betas)}")

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from seq2seq import checkpoint, precision, quantize, scoring
 from seq2seq.batching import Batch, TokenBatchSampler, collate, eval_batches
+from seq2seq.noise import Noise
 from seq2seq.config import Config, DecodeConfig, diff, dump_toml, from_dict, to_dict, upgrade
 from seq2seq.dataset import Split
 from seq2seq.errors import Seq2SeqError
@@ -321,6 +322,7 @@ class Run:
     optimizer: FusedAdam | torch.optim.Optimizer
     schedule: LRSchedule
     sampler: TokenBatchSampler
+    noise: Noise                  # subword sampling and word dropout on training batches (may be none)
     progress: Progress
     metrics: MetricsLog
     precision: tuple[str, str]    # the products' format in training (float32 | bfloat16) and why
@@ -369,7 +371,8 @@ def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> R
               make_optimizer(model, cfg),
               LRSchedule(t.lr, t.schedule, t.warmup_steps, t.plateau_factor, t.plateau_patience, t.min_lr),
               TokenBatchSampler(prepared.splits["train"].sizes(), t.batch_tokens, t.seed, rank, world),
-              Progress(), MetricsLog(expdir, rank == 0, t.tensorboard), precision.training(t.precision, device),
+              Noise(t, prepared.tokenizers, rank), Progress(), MetricsLog(expdir, rank == 0, t.tensorboard),
+              precision.training(t.precision, device),
               precision.decoding(cfg.decode.precision, device))  # a choice this device lacks fails here, not later
     if resume:
         for stale in (expdir / "checkpoints").glob(".*.tmp*"):  # from a write that was killed
@@ -397,7 +400,9 @@ def _loop(run: Run, stop: StopRequest) -> None:
                 checkpoint.save(run.payload(), run.expdir / "checkpoints" / "last.pt")
             bar.close()
             raise Interrupted(stop.signum, run.expdir / "checkpoints" / "last.pt")
-        batch = collate(train_split, run.sampler.next_batch()).to(run.device)
+        indices = run.sampler.next_batch()
+        batch = (run.noise.batch(train_split, indices, p.step) if run.noise.active
+                 else collate(train_split, indices)).to(run.device)
         lr = run.schedule.lr(p.step)
         loss, norm, finite = train_step(run.objective, run.optimizer, batch, run.cfg, lr, autocast)
         p.step += 1

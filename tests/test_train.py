@@ -153,15 +153,22 @@ def test_validation_decodes_with_every_decode_setting(small_task, tmp_path, monk
     assert seen == [replace(cfg.decode, beam=2, nbest=1)]
 
 
-@pytest.mark.parametrize("train_in, decode_in", [("float32", "float32"), ("bfloat16", "int8")])
-def test_resume_is_exact(small_task, tmp_path, train_in, decode_in):
+SUBWORD_NOISE = ["tokenizer.type='unigram'", "train.subword_alpha=0.5", "train.subword_nbest=8",
+                 "train.src_word_dropout=0.2", "train.tgt_word_dropout=0.2"]
+
+
+@pytest.mark.parametrize("train_in, decode_in, data_noise", [("float32", "float32", []),
+                                                             ("bfloat16", "int8", []),
+                                                             ("float32", "float32", SUBWORD_NOISE)],
+                         ids=["float32", "bfloat16-int8", "subword-sampling-word-dropout"])
+def test_resume_is_exact(small_task, tmp_path, train_in, decode_in, data_noise):
     """N + M steps straight == N steps, then --resume to N + M: same weights, same losses, in
-    float32 and in bf16 training (with int8 validation decoding). Dropout and scheduled sampling
-    make the RNG state matter."""
+    float32 and in bf16 training (with int8 validation decoding), and with subword sampling and
+    word dropout. Dropout and scheduled sampling make the RNG state matter."""
     N, M = 6, 5
     noisy = ["model.encoder.dropout=0.3", "model.decoder.dropout=0.3", "train.teacher_forcing=0.8",
              f"train.valid_every={N}", "train.schedule='plateau'", f"train.precision='{train_in}'",
-             f"decode.precision='{decode_in}'"]
+             f"decode.precision='{decode_in}'", *data_noise]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run(tiny_config(small_task, *noisy, f"train.max_steps={N + M}"), straight)
     run(tiny_config(small_task, *noisy, f"train.max_steps={N}"), resumed)
@@ -182,6 +189,17 @@ def test_resume_is_exact(small_task, tmp_path, train_in, decode_in):
     assert losses(resumed) == losses(straight)
     later = [(r["step"], r["valid_bleu"], r["valid_loss"]) for r in records(straight, "valid")]
     assert [(r["step"], r["valid_bleu"], r["valid_loss"]) for r in records(resumed, "valid")] == later
+
+
+def test_noise_reaches_the_training_batches(small_task, tmp_path):
+    """With subword sampling and word dropout on, the same steps see other batches: the losses
+    differ from the run without them (the resume test above then shows the noise is exact)."""
+    plain = ["tokenizer.type='unigram'", "train.max_steps=3", "train.valid_every=3"]
+    run(tiny_config(small_task, *plain), tmp_path / "plain")
+    run(tiny_config(small_task, *plain, *SUBWORD_NOISE), tmp_path / "noisy")
+    first = [r["loss"] for r in records(tmp_path / "plain", "train")]
+    assert len(first) == 3
+    assert [r["loss"] for r in records(tmp_path / "noisy", "train")] != first
 
 
 @pytest.fixture
