@@ -11,7 +11,10 @@ offline batched `translate` of the same sentences in one process; every answer c
    request until each has been sent once; each answer is checked: HTTP 200, one translation,
    equal to the offline output of its sentence. Latencies are those of the 200 answers. Lost = no 200 answer; duplicated = a sentence
    answered twice; mismatched = an answer that differs from the offline output.
-4. Soak (skipped with --quick): 32 clients cycling through the sentences for --soak-minutes,
+4. Mixed: 32 clients send the sentences as in 3 while 4 more send oversized requests (200 lines
+   of ~5,000 characters at beam 16: ~40 times --max-request-work) back to back; each of those
+   must get its 413 and the normal requests keep their latency.
+5. Soak (skipped with --quick): 32 clients cycling through the sentences for --soak-minutes,
    the server's RSS sampled every 30 s.
 
 Bounded: every request has a 60 s timeout, every level sends a fixed number of requests, the
@@ -19,7 +22,8 @@ soak stops at its deadline, and the server is stopped (SIGTERM; killed if still 
 at the end whatever happens.
 --quick (under 3 minutes on 2 cores): 300 sentences, no soak.
 
-Last line: serve_vs_offline=<ratio at 32 clients> p99_ms=<p99 at 32 clients> lost=<n> duplicated=<n> mismatched=<n>
+Last line: serve_vs_offline=<ratio at 32 clients> p99_ms=<p99 at 32 clients> mixed_p99_ms=<p99 of the normal
+requests beside the oversized ones> oversized_refused=<413s>/<sent> lost=<n> duplicated=<n> mismatched=<n>
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from seq2seq.translate import Translator
 
 CLIENTS = (1, 8, 32, 128)
 REQUEST_TIMEOUT = 60.0
+OVERSIZED_CLIENTS = 4
 
 
 def offline(model: str, data_dir: str | None, n: int | None) -> tuple[list[str], list[str], float]:
@@ -118,6 +123,31 @@ async def load(port: int, lines: list[str], expected: list[str], clients: int, o
             "duplicated": 0 if deadline else sum(c - 1 for c in answers.values()), "mismatched": mismatched}
 
 
+def oversized_body(lines: list[str]) -> bytes:
+    """200 lines of ~5,000 characters (test sentences run together) at beam 16."""
+    text = " ".join(itertools.islice(itertools.cycle(lines), 100))
+    line = text[:4990].rsplit(" ", 1)[0]
+    return json.dumps({"texts": [line] * 200, "beam": 16}).encode()
+
+
+async def mixed(port: int, lines: list[str], expected: list[str]) -> dict:
+    """The 32-client level with OVERSIZED_CLIENTS more sending oversized requests until it is done."""
+    body, statuses = oversized_body(lines), []
+    normal = asyncio.ensure_future(load(port, lines, expected, 32, list(range(len(lines)))))
+
+    async def oversized() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not normal.done():
+                status, _ = await asyncio.wait_for(post(reader, writer, body), REQUEST_TIMEOUT)
+                statuses.append(status)
+        finally:
+            writer.close()
+
+    await asyncio.gather(normal, *(oversized() for _ in range(OVERSIZED_CLIENTS)))
+    return {**normal.result(), "oversized_sent": len(statuses), "oversized_refused": statuses.count(413)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(ROOT / "exp/multi30k_de_en_cpu"))
@@ -131,7 +161,7 @@ def main() -> None:
     lines, expected, offline_rate = offline(args.model, args.data_dir, 300 if args.quick else None)
     print(f"offline `translate` of {len(lines)} sentences in one process: {offline_rate:.1f} sentences/s", flush=True)
 
-    rows, soak = [], None
+    rows, soak, mix = [], None, None
     with tempfile.TemporaryDirectory() as tmp:
         try:
             server = ServerProcess(args.model, "--threads", args.threads, log=Path(tmp) / "server.log",
@@ -156,6 +186,10 @@ def main() -> None:
                       f"{row['sents_per_s'] / offline_rate:>10.2f} {row['p50_ms']:>7.0f} {row['p95_ms']:>7.0f} "
                       f"{row['p99_ms']:>7.0f} {row['lost']:>4} {row['duplicated']:>4} {row['mismatched']:>8} "
                       f"{row['mean_batch_lines']:>6.1f} {row['rss_mib']:>8.0f}", flush=True)
+            mix = asyncio.run(mixed(server.port, lines, expected))
+            print(f"mixed: 32 clients beside {OVERSIZED_CLIENTS} sending oversized requests: p50 {mix['p50_ms']:.0f} ms, "
+                  f"p99 {mix['p99_ms']:.0f} ms, lost {mix['lost']}, mismatched {mix['mismatched']}; "
+                  f"{mix['oversized_refused']} of {mix['oversized_sent']} oversized requests got their 413", flush=True)
             if not args.quick and args.soak_minutes > 0:
                 soak = run_soak(server, lines, expected, args.soak_minutes)
         finally:
@@ -166,16 +200,17 @@ def main() -> None:
             log = server.log()
     at32 = next(r for r in rows if r["clients"] == 32)
     result = {"cpu": cpu_name(), "threads": args.threads, "model": args.model, "sentences": len(lines),
-              "offline_sents_per_s": offline_rate, "levels": rows, "soak": soak, "server_exit_status": rc,
+              "offline_sents_per_s": offline_rate, "levels": rows, "mixed": mix, "soak": soak, "server_exit_status": rc,
               "tracebacks_in_server_log": log.count("Traceback"),
               "serve_vs_offline": at32["sents_per_s"] / offline_rate}
     save_result("serve_load", result)
-    lost = sum(r["lost"] for r in rows) + (soak["lost"] if soak else 0)
-    mismatched = sum(r["mismatched"] for r in rows) + (soak["mismatched"] if soak else 0)
-    duplicated = sum(r["duplicated"] for r in rows)
+    lost = sum(r["lost"] for r in [*rows, mix]) + (soak["lost"] if soak else 0)
+    mismatched = sum(r["mismatched"] for r in [*rows, mix]) + (soak["mismatched"] if soak else 0)
+    duplicated = sum(r["duplicated"] for r in [*rows, mix])
     print(f"server: exit status {rc} after SIGTERM, {log.count('Traceback')} tracebacks in its log")
-    print(f"serve_vs_offline={result['serve_vs_offline']:.2f} p99_ms={at32['p99_ms']:.0f} lost={lost} "
-          f"duplicated={duplicated} mismatched={mismatched}")
+    print(f"serve_vs_offline={result['serve_vs_offline']:.2f} p99_ms={at32['p99_ms']:.0f} "
+          f"mixed_p99_ms={mix['p99_ms']:.0f} oversized_refused={mix['oversized_refused']}/{mix['oversized_sent']} "
+          f"lost={lost} duplicated={duplicated} mismatched={mismatched}")
 
 
 def run_soak(server: ServerProcess, lines: list[str], expected: list[str], minutes: float) -> dict:

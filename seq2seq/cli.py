@@ -137,6 +137,9 @@ SERVE_LIMITS = {
     "max_wait_ms": (float, "how long a request that finds the server idle waits for companions"),
     "max_connections": (positive_int, "open connections at most; more get 503"),
     "max_attention_hypotheses": (positive_int, "attention maps one answer may hold (lines x nbest); more get 413"),
+    "max_request_work": (positive_int, "source pieces x beam one request may ask for; more get 413"),
+    "max_batch_work": (positive_int, "source pieces x beam decoded together at most (a larger request goes alone)"),
+    "header_timeout": (float, "seconds a connection has for a request's headers before it is closed"),
 }
 
 
@@ -153,6 +156,11 @@ def _serve_command(sub) -> None:
         kind, what = SERVE_LIMITS[f.name]
         s.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
                        help=f"{what} (default {f.default})")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a name this server is reached by (the Host header); repeat for several, '*' for any. "
+                        "Without it: the --host address, and localhost when that is a loopback or every address")
+    s.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
+                   help="a site (e.g. https://app.example.org) whose pages may call the API (CORS); repeat for several")
     s.add_argument("--access-log", action="store_true", help="log every request (rejected ones always are)")
 
 
@@ -352,8 +360,9 @@ def cmd_attention(args) -> int:
 def cmd_serve(args) -> int:
     if not 0 <= args.port <= 65535:
         raise Seq2SeqError(f"--port must be from 0 to 65535, got {args.port}")
-    if not 0 < args.timeout <= 3600:
-        raise Seq2SeqError(f"--timeout must be > 0 and <= 3600 seconds, got {args.timeout:g}")
+    for flag in ("timeout", "header_timeout"):
+        if not 0 < getattr(args, flag) <= 3600:
+            raise Seq2SeqError(f"--{flag.replace('_', '-')} must be > 0 and <= 3600 seconds, got {getattr(args, flag):g}")
     if not 0 <= args.max_wait_ms <= 1000:
         raise Seq2SeqError(f"--max-wait-ms must be from 0 to 1000, got {args.max_wait_ms:g}")
     if args.max_lines > args.max_queue_lines:
@@ -375,7 +384,8 @@ def cmd_serve(args) -> int:
         translator.decoding_model(translator.config.decode.precision)  # made now, not at the first request
         return translator
 
-    app.serve(load, args.host, args.port, limits, args.threads, args.access_log)
+    app.serve(load, args.host, args.port, limits, args.threads, args.access_log, tuple(args.allowed_host),
+              tuple(args.allowed_origin))
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -35,16 +35,27 @@ def length_limits(src_lengths: Tensor, cfg: DecodeConfig) -> tuple[Tensor, Tenso
     return max_lens, min_lens
 
 
+class Stopped(Exception):
+    """Decoding was given up between two steps because its `stop` callable said so."""
+
+
 @torch.no_grad()
 def decode_batch(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
-                 return_attention: bool = False) -> list[list[Hypothesis]]:
-    """Search one batch of source piece ids; one n-best list per sentence (nbest = 1 for greedy)."""
+                 return_attention: bool = False, stop: Callable[[], bool] | None = None) -> list[list[Hypothesis]]:
+    """Search one batch of source piece ids; one n-best list per sentence (nbest = 1 for greedy).
+    `stop` is asked before every step; when it says True, Stopped is raised."""
     ids, lengths, mask = (t.to(device) for t in collate_src(src))
+
+    def step(tokens: Tensor, st: _Rows) -> tuple[Tensor, _Rows, Tensor]:
+        if stop is not None and stop():
+            raise Stopped()
+        return _step(model, tokens, st)
+
     memory, state = model.encode(ids, lengths, mask)
     max_lens, min_lens = length_limits(lengths - 1, cfg)
     B = len(src)
     if cfg.beam == 1:
-        hyps = search.greedy(lambda tok, st: _step(model, tok, st), _Rows(state, memory, B), B, BOS, EOS,
+        hyps = search.greedy(step, _Rows(state, memory, B), B, BOS, EOS,
                              max_lens, min_lens=min_lens, no_repeat_ngram=cfg.no_repeat_ngram,
                              return_attention=return_attention, reorder=lambda st, index: _reorder(model, st, index))
         return [[h] for h in hyps]
@@ -52,7 +63,7 @@ def decode_batch(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeCon
     rows = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) beam k of sentence b is row b*K + k
     start = _Rows(model.reorder(state, rows), model.select(memory, rows), B * K)
     return search.beam_search(
-        lambda tok, st: _step(model, tok, st), lambda st, index: _reorder(model, st, index), start, B, K,
+        step, lambda st, index: _reorder(model, st, index), start, B, K,
         BOS, EOS, max_lens, min_lens=min_lens, length_penalty_alpha=cfg.length_penalty,
         coverage_beta=cfg.coverage_penalty, src_mask=mask, nbest=cfg.nbest, no_repeat_ngram=cfg.no_repeat_ngram,
         return_attention=return_attention)
@@ -78,17 +89,20 @@ def _reorder(model: Seq2Seq | Ensemble, st: _Rows, index: Tensor) -> _Rows:
 
 
 def decode_ids(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
-               return_attention: bool = False) -> list[list[Hypothesis]]:
+               return_attention: bool = False, stop: Callable[[], bool] | None = None) -> list[list[Hypothesis]]:
     """Decode many sentences in length-sorted batches of `cfg.batch_tokens` source tokens
     (beam rows included); results come back in input order."""
     was_training = model.training
     model.eval()
     out: list[list[Hypothesis]] = [[] for _ in src]
     budget = max(1, cfg.batch_tokens // cfg.beam)
-    for indices in eval_batches([len(s) + 1 for s in src], budget):
-        for i, hyps in zip(indices, decode_batch(model, [src[i] for i in indices], cfg, device, return_attention)):
-            out[i] = hyps
-    model.train(was_training)
+    try:
+        for indices in eval_batches([len(s) + 1 for s in src], budget):
+            for i, hyps in zip(indices, decode_batch(model, [src[i] for i in indices], cfg, device,
+                                                     return_attention, stop)):
+                out[i] = hyps
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -159,16 +173,18 @@ class Translator:
         return [nbest[0].text if nbest else "" for nbest in self.translate_with_details(lines, **decode)]
 
     def translate_with_details(self, lines: list[str], return_attention: bool = False,
-                               **decode) -> list[list[Translation]]:
+                               stop: Callable[[], bool] | None = None, **decode) -> list[list[Translation]]:
         """n-best Translations per line ([] for an empty line). A line longer than
         decode.max_source_len pieces is translated in chunks that are rejoined, so memory
-        stays bounded however long the input; it gets one (1-best) Translation without attention."""
+        stays bounded however long the input; it gets one (1-best) Translation without attention.
+        `stop` (asked before every search step) gives up with Stopped when it says True."""
         cfg = self.decode_config(**decode)
         keep = [i for i, line in enumerate(lines) if line.strip()]
         src = self.tokenizers.src.encode([lines[i] for i in keep])
         L = cfg.max_source_len
         chunks = [(j, s[c:c + L]) for j, s in enumerate(src) for c in range(0, max(len(s), 1), L)]
-        hyps = decode_ids(self.decoding_model(cfg.precision), [c for _, c in chunks], cfg, self.device, return_attention)
+        hyps = decode_ids(self.decoding_model(cfg.precision), [c for _, c in chunks], cfg, self.device,
+                          return_attention, stop)
         per_line: list[list[tuple[list[int], list[Hypothesis]]]] = [[] for _ in src]
         for (j, chunk), nbest in zip(chunks, hyps):
             per_line[j].append((chunk, nbest))

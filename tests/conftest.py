@@ -260,3 +260,19 @@ def reverse_model(tmp_path_factory) -> Path:
     expdir = root / "exp"
     run(config.load(recipe), expdir)
     return expdir
+
+
+@pytest.fixture(scope="session")
+def multi30k_model(tmp_path_factory):
+    """A small de->en model trained for 400 steps on Multi30K (under a minute): poor, but it
+    says different things about different sentences, so comparing outputs means something."""
+    data_dir = multi30k_path()
+    root = tmp_path_factory.mktemp("m30k")
+    small = {"tokenizer.vocab_size": 2000, "train.max_steps": 400, "train.valid_every": 400, "train.lr": 0.005,
+             "train.batch_tokens": 1500, "train.threads": 1, "model.attention.hidden": 64}
+    for part in ("encoder", "decoder"):
+        small |= {f"model.{part}.hidden": 64, f"model.{part}.embedding": 64}
+    p = run_cli("train", REPO / "recipes/multi30k_de_en_cpu.toml", "--data-dir", data_dir,
+                "--out", root / "exp", *[x for k, v in small.items() for x in ("--set", f"{k}={v}")], timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return root / "exp"

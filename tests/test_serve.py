@@ -98,19 +98,31 @@ def test_long_values_are_shortened_in_messages():
 
 class FakeDecode:
     """Upper-cases lines, records each call; 'boom' raises; 'hold' blocks until `release` is set
-    (and sets `started`), so that a test knows a decode is in progress without timing it."""
+    (and sets `started`), so that a test knows a decode is in progress without timing it; 'spin'
+    works in steps, asking `stop` before each, until it says True (then it raises, as
+    translate.Stopped does) or `release` is set."""
 
     def __init__(self):
         self.calls: list[tuple[list[str], object]] = []
         self.started, self.release = threading.Event(), threading.Event()
+        self.stopped = threading.Event()
 
-    def __call__(self, lines, settings):
+    def __call__(self, lines, settings, stop=lambda: False):
         self.calls.append((list(lines), settings))
         if "boom" in lines:
             raise ValueError("boom")
         if "hold" in lines:
             self.started.set()
             assert self.release.wait(30)
+        if "spin" in lines:
+            self.started.set()
+            deadline = time.monotonic() + 30
+            while not self.release.is_set():
+                if stop():
+                    self.stopped.set()
+                    raise RuntimeError("stopped")
+                assert time.monotonic() < deadline
+                time.sleep(0.001)
         return [f"{line.upper()}/{settings}" for line in lines]
 
     async def decoding(self) -> None:
@@ -191,6 +203,60 @@ def test_batches_hold_at_most_max_batch_lines_and_a_larger_request_goes_alone():
     assert sorted(x for lines, _ in fake.calls for x in lines) == list("abcdefghi")
 
 
+def test_batches_hold_at_most_max_batch_work_and_a_larger_request_goes_alone():
+    fake = FakeDecode()
+
+    async def main():
+        b = Batcher(fake, max_wait=0.05, max_batch_work=100)
+        b.start()
+        await asyncio.gather(b.submit(["a"], 0, work=60), b.submit(["b"], 0, work=50), b.submit(["c"], 0, work=50),
+                             b.submit(["d"], 0, work=500), b.submit(["e"], 0, work=1))
+        await b.close()
+
+    run_async(main())
+    assert [lines for lines, _ in fake.calls] == [["a"], ["b", "c"], ["d"], ["e"]]
+
+
+def test_a_decode_whose_callers_all_left_stops_and_the_next_request_is_served(caplog):
+    fake = FakeDecode()
+
+    async def main():
+        b = Batcher(fake, max_wait=0.0)
+        b.start()
+        leaver = asyncio.ensure_future(b.submit(["spin"], 0))
+        await fake.decoding()
+        leaver.cancel()
+        next_one = await asyncio.wait_for(b.submit(["after"], 0), 10)  # not behind the spinning decode
+        await b.close()
+        return next_one, b.stopped
+
+    with caplog.at_level("INFO", logger="seq2seq.serve"):
+        assert run_async(main()) == (["AFTER/0"], 1)
+    assert fake.stopped.is_set() and not fake.release.is_set()
+    assert "stopped decoding 1 lines of 1 requests: every caller had gone" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_a_decode_goes_on_while_one_of_its_callers_waits():
+    fake = FakeDecode()
+
+    async def main():
+        b = Batcher(fake, max_wait=0.05)
+        b.start()
+        leaver = asyncio.ensure_future(b.submit(["spin"], 0))
+        stayer = asyncio.ensure_future(b.submit(["x"], 0))
+        await fake.decoding()
+        leaver.cancel()
+        await asyncio.sleep(0.2)
+        assert not fake.stopped.is_set()  # the one who stays still wants the result
+        fake.release.set()
+        result = await stayer
+        await b.close()
+        return result
+
+    assert run_async(main()) == ["X/0"]
+
+
 def test_one_failing_request_does_not_fail_the_others_in_its_batch(caplog):
     fake = FakeDecode()
 
@@ -209,7 +275,7 @@ def test_one_failing_request_does_not_fail_the_others_in_its_batch(caplog):
 
 
 def test_a_decode_that_miscounts_its_results_fails_the_requests_with_a_logged_reason(caplog):
-    def short(lines, settings):  # one result too few: sliced among the jobs, answers would shift
+    def short(lines, settings, stop):  # one result too few: sliced among the jobs, answers would shift
         return [line.upper() for line in lines][:-1]
 
     async def main():
@@ -227,7 +293,7 @@ def test_a_decode_that_miscounts_its_results_fails_the_requests_with_a_logged_re
 def test_a_batch_that_fails_whose_retries_succeed_is_logged(caplog):
     calls = []
 
-    def flaky(lines, settings):  # fails the first (batched) call only
+    def flaky(lines, settings, stop):  # fails the first (batched) call only
         calls.append(lines)
         if len(calls) == 1:
             raise ValueError("transient")
@@ -420,6 +486,16 @@ def test_long_lines_are_chunked_as_translate_does(server, translator):
     assert body["translations"][1]["text"] == expected[1][0].text
 
 
+NO_WORK_LIMIT = ["--max-request-work", 10**9, "--max-batch-work", 10**9]
+
+
+def wait_for(condition, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def raw_exchange(port: int, data: bytes, close_after_send: bool = False, pause: float = 0.0) -> bytes:
     """Send raw bytes on a fresh connection; return what the server answers (b'' if nothing)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -448,7 +524,7 @@ def test_bad_input_gets_a_4xx_and_the_server_serves_everyone_else(server):
         bad_answers = [pool.submit(server.translate, body) for body, _ in bad]
         good_answers = [pool.submit(server.translate, {"text": line}) for line in good_lines]
         # a client that disconnects in the middle of its body, and one that sends half a header
-        pool.submit(raw_exchange, server.port, b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"te",
+        pool.submit(raw_exchange, server.port, b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"te",
                     True).result()
         pool.submit(raw_exchange, server.port, b"POST /transl", True).result()
         for (body, status), answer in zip(bad, bad_answers):
@@ -503,11 +579,13 @@ def test_a_full_queue_answers_503_with_retry_after(reverse_model, tmp_path):
 def test_a_request_slower_than_the_timeout_gets_503(reverse_model, tmp_path):
     """The body (160 kB) arrives well within the timeout, even on a loaded machine (else it would be
     a 408); decoding it takes several times the timeout (3 s on a fast CPU)."""
-    s = Server(reverse_model, "--timeout", 0.5, "--max-lines", 2000, log=tmp_path / "server.log")
+    s = Server(reverse_model, "--timeout", 0.5, "--max-lines", 2000, *NO_WORK_LIMIT, log=tmp_path / "server.log")
     try:
         texts = reverse_rows(2000, 5, lengths=(30, 40))[0]
         status, headers, body = s.request("POST", "/translate", {"texts": texts, "beam": 16})
         assert status == 503 and "0.5 s timeout" in body["error"] and headers["retry-after"] == "1"
+        wait_for(lambda: s.health()["queue"]["decodes_stopped"] == 1)  # the decode nobody waits for stops
+        assert "every caller had gone" in s.log()
     finally:
         assert s.stop() == 0
 
@@ -516,7 +594,7 @@ def test_a_slow_client_is_cut_off_at_the_timeout(reverse_model, tmp_path):
     s = Server(reverse_model, "--timeout", 0.5, log=tmp_path / "server.log")
     try:
         body = b'{"text": "a b c"}'
-        head = f"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        head = f"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         answer = raw_exchange(s.port, head + body[:5], pause=1.5)  # the rest never comes
         assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive" in answer
         assert s.request("POST", "/translate", {"text": "a b"})[0] == 200
@@ -560,13 +638,13 @@ def test_a_client_that_leaves_while_queued_is_dropped_and_logged(reverse_model, 
     try:
         heavy = json.dumps({"texts": rows(300, seed=4), "beam": 12}).encode()
         with ThreadPoolExecutor(1) as pool:
-            busy = pool.submit(s.request, "POST", "/translate", heavy)
+            busy = pool.submit(s.translate, heavy)
             deadline = time.monotonic() + 60
             while s.request("GET", "/health")[2]["queue"]["requests"] < 1:  # the heavy one is decoding
                 assert time.monotonic() < deadline
                 time.sleep(0.002)
             leaver = json.dumps({"texts": rows(5, seed=6)}).encode()
-            raw_exchange(s.port, b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            raw_exchange(s.port, b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (len(leaver), leaver), close_after_send=True, pause=0.05)
             assert busy.result()[0] == 200
         while "dropped" not in s.log():
@@ -638,22 +716,6 @@ def test_serve_rejects_bad_options_before_loading_the_model(tmp_path, options):
 
 
 # ---------------------------------------------------------------- real Multi30K text
-
-
-@pytest.fixture(scope="module")
-def multi30k_model(tmp_path_factory):
-    """A small de->en model trained for 400 steps on Multi30K (under a minute): poor, but it
-    says different things about different sentences, so comparing outputs means something."""
-    data_dir = multi30k_path()
-    root = tmp_path_factory.mktemp("m30k")
-    small = {"tokenizer.vocab_size": 2000, "train.max_steps": 400, "train.valid_every": 400, "train.lr": 0.005,
-             "train.batch_tokens": 1500, "train.threads": 1, "model.attention.hidden": 64}
-    for part in ("encoder", "decoder"):
-        small |= {f"model.{part}.hidden": 64, f"model.{part}.embedding": 64}
-    p = run_cli("train", Path(__file__).parent.parent / "recipes/multi30k_de_en_cpu.toml", "--data-dir", data_dir,
-                "--out", root / "exp", *[x for k, v in small.items() for x in ("--set", f"{k}={v}")], timeout=900)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return root / "exp"
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8"])

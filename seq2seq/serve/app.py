@@ -2,13 +2,18 @@
 
     POST /translate  {"text": "..."} or {"texts": [...]}, optional "beam", "nbest",
                      "length_penalty", "attention"  ->  {"translations": [...]}
+                     (application/json); or the LibreTranslate API's fields (seq2seq.serve.libretranslate)
+    GET  /languages  the LibreTranslate API's list of languages
     GET  /health     model, version, recipe summary, limits, queue
     GET  /           the web page (its assets are served from seq2seq/serve/web/, no network needed)
 
-Requests are checked completely (`protocol.parse_request`) before they reach the queue: a bad
-request gets a 4xx whose message names the field, and one log line. Good requests are decoded by
-`Batcher` with requests that arrived with them, through `Translator.translate_with_details`, the
-code path of `seq2seq translate`. Needs the `serve` extra (Starlette and uvicorn).
+Before a request reaches these handlers, `guard` has timed its headers and checked its Host and
+Origin. Requests are then checked completely (`protocol`, `libretranslate`) before they reach
+the queue, their work (source pieces x beam) included: a bad request gets a 4xx whose message
+names the field or the limit, and one log line. Good requests are decoded by `Batcher` with
+requests that arrived with them, through `Translator.translate_with_details`, the code path of
+`seq2seq translate`; a decode whose callers have all gone stops between two search steps.
+Needs the `serve` extra (Starlette and uvicorn).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Awaitable, Callable
 import torch
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
@@ -34,8 +40,11 @@ from starlette.staticfiles import StaticFiles
 
 from seq2seq import __version__
 from seq2seq.errors import Seq2SeqError
+from seq2seq.serve import libretranslate
 from seq2seq.serve.batcher import Batcher, QueueFull
-from seq2seq.serve.protocol import MAX_LENGTH_PENALTY, BadRequest, Limits, Settings, decode, parse_request, summary
+from seq2seq.serve.guard import Guard, Hosts, with_header_timeout
+from seq2seq.serve.protocol import (MAX_LENGTH_PENALTY, BadRequest, Limits, Settings, check_request, check_work, decode,
+                                    load_json, summary)
 from seq2seq.translate import Translator
 
 log = logging.getLogger("seq2seq.serve")
@@ -43,28 +52,38 @@ WEB = Path(__file__).parent / "web"
 
 
 def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadPoolExecutor | None = None,
-              url: str = "") -> Starlette:
-    """The app; `worker` is the thread that decodes (see `serve`); `url` is logged once it serves."""
+              url: str = "", hosts: Hosts = Hosts.for_listener("127.0.0.1"), origins: tuple[str, ...] = ()) -> Starlette:
+    """The app; `worker` is the thread that decodes (see `serve`); `url` is logged once it serves;
+    `hosts` and `origins` are what `guard.Guard` lets in."""
     defaults = default_settings(translator, limits)
-    batcher = Batcher(lambda lines, s: decode(translator, lines, s), limits.max_wait_ms / 1000,
-                      limits.max_batch_lines, limits.max_queue_lines, worker)
+    batcher = Batcher(lambda lines, s, stop: decode(translator, lines, s, stop), limits.max_wait_ms / 1000,
+                      limits.max_batch_lines, limits.max_queue_lines, worker, limits.max_batch_work)
     models = ["/".join(Path(p).parts[-3:]) for p in translator.sources]
     decoding = translator.precision(translator.config.decode.precision)
+    pair = (translator.config.data.src, translator.config.data.tgt)
+
+    work = _work_counter(translator.tokenizers.src, limits)
 
     async def translate(request: Request) -> JSONResponse:
         deadline = asyncio.get_running_loop().time() + limits.timeout  # one timeout for the whole request
         try:
+            form = _form_or_json(request)
             try:
                 async with asyncio.timeout_at(deadline):
                     body = await _read_body(request, limits.max_body_bytes)
             except TimeoutError:
                 raise BadRequest(408, f"the body did not arrive within the server's {limits.timeout:g} s timeout")
-            lines, settings = parse_request(body, defaults, limits)
-            results = await _answer_unless_gone(request, batcher.submit(lines, settings), deadline)
+            lines, settings, lt = _parse(body, form, pair, defaults, limits)
+            cost = await asyncio.to_thread(work, lines, settings.beam)
+            results = await _answer_unless_gone(request, batcher.submit(lines, settings, cost), deadline)
         except Exception as e:
             return _refusal(request, e, limits)
+        answer = {"translations": results} if lt is None else libretranslate.answer(lt, results)
         # JSONResponse renders its body when made: a large answer is made off the event loop
-        return await asyncio.to_thread(JSONResponse, {"translations": results}, headers={"Cache-Control": "no-store"})
+        return await asyncio.to_thread(JSONResponse, answer, headers={"Cache-Control": "no-store"})
+
+    async def languages(request: Request) -> JSONResponse:
+        return JSONResponse(libretranslate.languages(pair))
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({
@@ -72,7 +91,7 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
             "defaults": asdict(defaults), "precision": decoding[0], "precision_reason": decoding[1],
             "limits": asdict(limits),
             "queue": {"lines": batcher.queued_lines, "batches": batcher.batches, "requests": batcher.jobs,
-                      "lines_decoded": batcher.lines},
+                      "lines_decoded": batcher.lines, "decodes_stopped": batcher.stopped},
         })
 
     async def index(request: Request) -> FileResponse:
@@ -89,8 +108,8 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
 
     return Starlette(routes=[
         Route("/", index), Route("/health", health), Route("/translate", translate, methods=["POST"]),
-        Mount("/assets", StaticFiles(directory=WEB)),
-    ], lifespan=lifespan)
+        Route("/languages", languages), Mount("/assets", StaticFiles(directory=WEB)),
+    ], lifespan=lifespan, middleware=[Middleware(Guard, hosts=hosts, origins=origins)])
 
 
 def default_settings(translator: Translator, limits: Limits) -> Settings:
@@ -121,6 +140,40 @@ def _refusal(request: Request, error: Exception, limits: Limits) -> JSONResponse
     if isinstance(error, RuntimeError):  # the batcher logged the cause with its traceback
         return _reject(request, 500, str(error))
     raise error
+
+
+def _parse(body: bytes, form: bool, pair: tuple[str, str], defaults: Settings, limits: Limits
+           ) -> tuple[list[str], Settings, libretranslate.Request | None]:
+    """Lines and settings of a /translate body in either API; the LibreTranslate request (to shape
+    its answer) or None for ours."""
+    data = libretranslate.parse_form(body) if form else load_json(body)
+    if form or libretranslate.is_libretranslate(data):
+        lt = libretranslate.parse(data, pair, defaults, limits)
+        return lt.lines, lt.settings, lt
+    return *check_request(data, defaults, limits), None
+
+
+def _work_counter(vocab, limits: Limits) -> Callable[[list[str], int], int]:
+    """work(lines, beam): source pieces x beam, or 413 (protocol.check_work)."""
+    longest = max(len(vocab.sp.id_to_piece(i)) for i in range(len(vocab)))  # characters, "▁" included
+
+    def work(lines: list[str], beam: int) -> int:
+        # a line has at least len / longest pieces: a request over the limit on that count alone is
+        # refused without being tokenized (an oversized request must cost next to nothing)
+        check_work([-(-len(line) // longest) for line in lines], beam, limits, at_least=True)
+        return check_work([len(ids) for ids in vocab.encode(lines)], beam, limits)
+
+    return work
+
+
+def _form_or_json(request: Request) -> bool:
+    """True for a form (the LibreTranslate API), False for JSON; any other body is refused (415):
+    a page on another site can post text/plain without asking the browser's CORS preflight."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("application/json", "application/x-www-form-urlencoded"):
+        raise BadRequest(415, f"POST /translate takes Content-Type application/json (or a form, "
+                              f"application/x-www-form-urlencoded, in the LibreTranslate API), not {kind or 'none'}")
+    return kind != "application/json"
 
 
 class ClientGone(Exception):
@@ -191,16 +244,19 @@ def load_in_worker(load: Callable[[], Translator], threads: int | None) -> tuple
 
 
 def serve(load: Callable[[], Translator], host: str, port: int, limits: Limits = Limits(),
-          threads: int | None = None, access_log: bool = False) -> None:
+          threads: int | None = None, access_log: bool = False, allowed_hosts: tuple[str, ...] = (),
+          allowed_origins: tuple[str, ...] = ()) -> None:
     """Listen, load the model, serve until SIGTERM or SIGINT; then stop accepting, answer every
-    request already in, return."""
+    request already in, return. The Host header must name `host` or one of `allowed_hosts`; pages
+    from `allowed_origins` may call the API (see guard)."""
     sock = _listen(host, port)
     translator, worker = load_in_worker(load, threads)
     logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=logging.INFO)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/"
-    config = uvicorn.Config(build_app(translator, limits, worker, url), host=host, port=port, access_log=access_log,
-                            limit_concurrency=limits.max_connections,
+    app = build_app(translator, limits, worker, url, Hosts.for_listener(host, allowed_hosts), allowed_origins)
+    config = uvicorn.Config(app, host=host, port=port, access_log=access_log,
+                            http=with_header_timeout(limits.header_timeout), limit_concurrency=limits.max_connections,
                             timeout_graceful_shutdown=math.ceil(limits.timeout) + 5, log_level="info")
     stopped: list[int] = []
     # uvicorn stops gracefully on these signals and then re-raises them to the handlers that were

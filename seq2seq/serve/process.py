@@ -61,7 +61,8 @@ class ServerProcess:
         return r.status, dict(r.getheaders()), json.loads(data) if "json" in kind else data.decode()
 
     def translate(self, body) -> tuple[int, dict | str]:
-        status, _, data = self.request("POST", "/translate", body)
+        """POST /translate with `body` (a dict, or bytes sent as they are) as JSON."""
+        status, _, data = self.request("POST", "/translate", body, {"Content-Type": "application/json"})
         return status, data
 
     def health(self) -> dict:

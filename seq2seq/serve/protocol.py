@@ -32,6 +32,12 @@ class Limits:
     # attention maps in one answer (lines x nbest): each holds up to (target + 1) x (source + 1)
     # weights, ~100k for a 250-piece line, so the cap bounds an answer's size (~30 MB of JSON)
     max_attention_hypotheses: int = 32
+    # work = source pieces x beam (the search's rows times its source length, roughly its steps):
+    # a request over max_request_work gets 413 before anything is decoded; batches are formed up to
+    # max_batch_work, so that one decode call holds the decode thread for a bounded time
+    max_request_work: int = 50_000
+    max_batch_work: int = 20_000
+    header_timeout: float = 10.0    # seconds for a request's headers, from connecting or the last answer
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,11 @@ class BadRequest(Exception):
 
 def parse_request(body: bytes, defaults: Settings, limits: Limits) -> tuple[list[str], Settings]:
     """The lines and settings of a /translate body, or BadRequest naming what is wrong."""
+    return check_request(load_json(body), defaults, limits)
+
+
+def load_json(body: bytes) -> Any:
+    """The JSON value of a body, or BadRequest saying where it is broken."""
     try:
         data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -62,6 +73,11 @@ def parse_request(body: bytes, defaults: Settings, limits: Limits) -> tuple[list
         raise BadRequest(400, "the body's JSON is nested too deeply")
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
         raise BadRequest(400, f"the body is not usable JSON: {str(e).splitlines()[0][:100]}")
+    return data
+
+
+def check_request(data: Any, defaults: Settings, limits: Limits) -> tuple[list[str], Settings]:
+    """The lines and settings of a parsed /translate body (this API's fields)."""
     if not isinstance(data, dict):
         raise BadRequest(400, 'the body must be a JSON object such as {"text": "..."}')
     unknown = [k for k in data if k not in FIELDS]
@@ -81,9 +97,21 @@ def parse_request(body: bytes, defaults: Settings, limits: Limits) -> tuple[list
             raise BadRequest(400, f"texts must be a list of strings, got {_json_type(lines)}")
         if not lines:
             raise BadRequest(400, "texts is empty")
-        if len(lines) > limits.max_lines:
-            raise BadRequest(413, f"texts has {len(lines)} lines; the limit is {limits.max_lines} per request")
         names = [f"texts[{i}]" for i in range(len(lines))]
+    check_lines(lines, names, limits)
+    settings = _settings(data, defaults, limits)
+    if settings.attention and len(lines) * settings.nbest > limits.max_attention_hypotheses:
+        raise BadRequest(413, f"attention is answered for at most {limits.max_attention_hypotheses} hypotheses "
+                              f"(lines x nbest) per request, this one asks {len(lines) * settings.nbest} "
+                              "(--max-attention-hypotheses); ask without attention, or for fewer")
+    return lines, settings
+
+
+def check_lines(lines: list, names: list[str], limits: Limits) -> None:
+    """Each line is a string the model can take; `names` says how the request calls them."""
+    if len(lines) > limits.max_lines:
+        raise BadRequest(413, f"{names[0].split('[')[0]} has {len(lines)} lines; the limit is {limits.max_lines} "
+                              "per request (--max-lines)")
     for name, line in zip(names, lines):
         if not isinstance(line, str):
             raise BadRequest(400, f"{name} must be a string, got {_json_type(line)}")
@@ -98,12 +126,18 @@ def parse_request(body: bytes, defaults: Settings, limits: Limits) -> tuple[list
                                   f"character {e.start})")
         if "\n" in line:
             raise BadRequest(400, f"{name} contains a line break; send each line as one item of texts")
-    settings = _settings(data, defaults, limits)
-    if settings.attention and len(lines) * settings.nbest > limits.max_attention_hypotheses:
-        raise BadRequest(413, f"attention is answered for at most {limits.max_attention_hypotheses} hypotheses "
-                              f"(lines x nbest) per request, this one asks {len(lines) * settings.nbest} "
-                              "(--max-attention-hypotheses); ask without attention, or for fewer")
-    return lines, settings
+
+
+def check_work(pieces: list[int], beam: int, limits: Limits, at_least: bool = False) -> int:
+    """The work of a request whose lines have `pieces` source pieces each (at least, if `at_least`),
+    or 413 naming the limit."""
+    work = sum(max(n, 1) for n in pieces) * beam
+    if work > limits.max_request_work:
+        some = "at least " if at_least else ""
+        raise BadRequest(413, f"this request is {some}{sum(pieces):,} source pieces x beam {beam} = {work:,} units of "
+                              f"work; the limit is {limits.max_request_work:,} per request (--max-request-work): "
+                              "send fewer or shorter lines, or a smaller beam")
+    return work
 
 
 def _settings(data: dict, defaults: Settings, limits: Limits) -> Settings:
@@ -137,10 +171,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def decode(translator: Translator, lines: list[str], s: Settings) -> list[dict]:
-    """One answer per line, through the `translate` code path (runs in the decode thread)."""
+def decode(translator: Translator, lines: list[str], s: Settings, stop=None) -> list[dict]:
+    """One answer per line, through the `translate` code path (runs in the decode thread); `stop`
+    is asked before each search step (translate.Stopped when it says True)."""
     details = translator.translate_with_details(lines, return_attention=s.attention, beam=s.beam, nbest=s.nbest,
-                                                length_penalty=s.length_penalty)
+                                                length_penalty=s.length_penalty, stop=stop)
     return [_line(nbest, s.attention) for nbest in details]
 
 
