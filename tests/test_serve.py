@@ -708,11 +708,23 @@ def test_serve_without_the_extra_says_what_to_install(reverse_model, tmp_path):
 
 @pytest.mark.parametrize("options", [["--port", "70000"], ["--timeout", "0"], ["--timeout", "inf"],
                                      ["--max-wait-ms", "-1"], ["--max-wait-ms", "inf"], ["--max-lines", "0"],
-                                     ["--max-lines", "300", "--max-queue-lines", "200"]])
+                                     ["--max-lines", "300", "--max-queue-lines", "200"], ["--header-timeout", "0"],
+                                     ["--max-request-work", "0"]])
 def test_serve_rejects_bad_options_before_loading_the_model(tmp_path, options):
     option = options[0]
     p = run_cli("serve", tmp_path / "missing", *options)
     assert p.returncode == 2 and option in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+def test_every_limit_is_one_flag_whose_default_is_the_limits_default():
+    import dataclasses
+    from seq2seq.cli import SERVE_LIMITS, build_parser
+    assert list(SERVE_LIMITS) == [f.name for f in dataclasses.fields(protocol.Limits)]
+    args = build_parser().parse_args(["serve", "m"])
+    assert protocol.Limits(**{name: getattr(args, name) for name in SERVE_LIMITS}) == protocol.Limits()
+    args = build_parser().parse_args(["serve", "m", "--max-request-work", "7", "--header-timeout", "2.5"])
+    limits = protocol.Limits(**{name: getattr(args, name) for name in SERVE_LIMITS})
+    assert (limits.max_request_work, limits.header_timeout, limits.max_lines) == (7, 2.5, protocol.Limits.max_lines)
 
 
 # ---------------------------------------------------------------- real Multi30K text
