@@ -59,12 +59,16 @@ def collate_src(src: list[list[int]]) -> tuple[Tensor, Tensor, Tensor]:
     return ids, lengths, mask
 
 
-def collate(split: Split, indices: list[int]) -> Batch:
-    return collate_pieces([split.src[i] for i in indices], [split.tgt[i] for i in indices], indices)
+def collate(split: Split, indices: list[int], reverse_target: bool = False) -> Batch:
+    return collate_pieces([split.src[i] for i in indices], [split.tgt[i] for i in indices], indices, reverse_target)
 
 
-def collate_pieces(src: list[list[int]], tgt: list[list[int]], indices: list[int]) -> Batch:
-    """The batch of these source and target pieces; `indices` are their places in the split."""
+def collate_pieces(src: list[list[int]], tgt: list[list[int]], indices: list[int],
+                   reverse_target: bool = False) -> Batch:
+    """The batch of these source and target pieces; `indices` are their places in the split.
+    `reverse_target`: the targets right to left (a right_to_left model's batches)."""
+    if reverse_target:
+        tgt = [list(t)[::-1] for t in tgt]
     src_ids, src_lengths, src_mask = collate_src(src)
     tgt_in = pad([[BOS] + list(t) for t in tgt])
     tgt_out = pad([list(t) + [EOS] for t in tgt])

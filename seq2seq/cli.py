@@ -79,6 +79,7 @@ def _translate_command(sub) -> None:
     s.add_argument("--buffer-lines", type=positive_int, default=2000,
                    help="translate at most this many lines at once (input that pauses is translated at once)")
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    _rerank_options(s)
 
 
 def _scoring_commands(sub) -> None:
@@ -97,6 +98,7 @@ def _scoring_commands(sub) -> None:
     s.add_argument("--data-dir")
     _decode_options(s)
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    _rerank_options(s)
 
     s = sub.add_parser("tune", help="choose beam size and length penalty by BLEU on the validation split")
     s.add_argument("model")
@@ -108,6 +110,10 @@ def _scoring_commands(sub) -> None:
     s.add_argument("--batch-tokens", type=int, help="source tokens per batch (beams included)")
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     _precision_option(s)
+    s.add_argument("--rerank", metavar="MODEL", help="also choose the weight of this reranking model (e.g. one "
+                   "trained right to left) from --rerank-weights, at each beam and length penalty")
+    s.add_argument("--rerank-weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0, 1.5],
+                   metavar="W", help="reranking weights to try (default: 0 0.25 0.5 0.75 1 1.5)")
 
 
 def _inspection_commands(sub) -> None:
@@ -162,6 +168,26 @@ def _serve_command(sub) -> None:
     s.add_argument("--allowed-origin", action="append", default=[], metavar="URL",
                    help="a site (e.g. https://app.example.org) whose pages may call the API (CORS); repeat for several")
     s.add_argument("--access-log", action="store_true", help="log every request (rejected ones always are)")
+
+
+def _rerank_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--rerank", action="append", default=[], metavar="MODEL",
+                   help="rescore the beam's n-best with this model too (e.g. one trained with model.target_order "
+                        "= right_to_left); repeat for several")
+    s.add_argument("--rerank-weight", action="append", type=float, default=[], metavar="W",
+                   help="the weight of each --rerank model, in order (default 1; choose it on val with "
+                        "`seq2seq tune --rerank`)")
+
+
+def _with_rerankers(translator, args):
+    """The translator with the --rerank models of `args` attached."""
+    from seq2seq.rerank import Scorer
+    from seq2seq.translate import Translator
+    if len(args.rerank_weight) > len(args.rerank):
+        raise Seq2SeqError(f"{len(args.rerank_weight)} --rerank-weight for {len(args.rerank)} --rerank models")
+    weights = args.rerank_weight + [1.0] * (len(args.rerank) - len(args.rerank_weight))
+    translator.rerankers = [Scorer(Translator.load(path, translator.device), w) for path, w in zip(args.rerank, weights)]
+    return translator
 
 
 def _decode_options(s: argparse.ArgumentParser) -> None:
@@ -226,7 +252,7 @@ def cmd_translate(args) -> int:
     from seq2seq import corpus
     from seq2seq.translate import Translator
     decode = _decode_kwargs(args)
-    translator = Translator.load(args.model, args.device)
+    translator = _with_rerankers(Translator.load(args.model, args.device), args)
     translator.decode_config(**decode)  # validate before reading input
     src = corpus.open_binary(args.input) if args.input else sys.stdin.buffer
     if args.attention_dir:
@@ -292,7 +318,7 @@ def cmd_evaluate(args) -> int:
     from seq2seq import evaluate
     from seq2seq.translate import Translator
     decode = _decode_kwargs(args)
-    translator = Translator.load(args.model, args.device)
+    translator = _with_rerankers(Translator.load(args.model, args.device), args)
     card = evaluate.evaluate_split(translator, args.split, args.data_dir, **decode)
     print(f"{args.split}: BLEU = {card['bleu']:.2f}  ({card['bleu_signature']})")
     print(f"{args.split}: chrF = {card['chrf']:.2f}  ({card['chrf_signature']})")
@@ -309,18 +335,27 @@ def cmd_tune(args) -> int:
     check_decode({"beam": args.beams, "length_penalty": args.length_penalties, "batch_tokens": args.batch_tokens},
                  key=lambda name: grid_options.get(name) or _option(name))
     translator = Translator.load(args.model, args.device)
-    print(f"{'beam':>4} {'length penalty':>14} {'BLEU':>6} {'chrF':>6} {'sent/s':>7}")
+    reranker = None
+    if args.rerank:
+        from seq2seq.rerank import Scorer
+        reranker = Scorer(Translator.load(args.rerank, args.device), 1.0)
+    print(f"{'beam':>4} {'length penalty':>14}{' rerank weight' if reranker else ''} {'BLEU':>6} {'chrF':>6} "
+          f"{'sent/s':>7}")
 
     def show(r: dict) -> None:
         lp = "-" if r["length_penalty"] is None else f"{r['length_penalty']:g}"
-        print(f"{r['beam']:>4} {lp:>14} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['sentences_per_second']:>7.1f}",
-              flush=True)
+        weight = "" if reranker is None else f"{'-' if r['rerank_weight'] is None else r['rerank_weight']:>14}"
+        print(f"{r['beam']:>4} {lp:>14}{weight} {r['bleu']:>6.2f} {r['chrf']:>6.2f} "
+              f"{r['sentences_per_second']:>7.1f}", flush=True)
 
     kw = {name: getattr(args, name) for name in ("batch_tokens", "precision") if getattr(args, name) is not None}
-    card = evaluate.tune(translator, args.beams, args.length_penalties, args.data_dir, progress=show, **kw)
+    card = evaluate.tune(translator, args.beams, args.length_penalties, args.data_dir, progress=show,
+                         reranker=reranker, rerank_weights=args.rerank_weights, **kw)
     best = card["best"]
     flags = f"--beam {best['beam']}" + ("" if best["length_penalty"] is None
                                         else f" --length-penalty {best['length_penalty']:g}")
+    if best.get("rerank_weight"):
+        flags += f" --rerank {args.rerank} --rerank-weight {best['rerank_weight']:g}"
     flags += f" --precision {args.precision}" if args.precision else ""
     print(f"best on {card['source']}: {flags} (BLEU {best['bleu']:.2f}, {card['bleu_signature']}); "
           f"grid: {card['card_path']}")

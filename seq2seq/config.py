@@ -95,6 +95,9 @@ class ModelConfig:
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     share_embeddings: bool = _opt(False, help="source and target share one embedding (joint vocab)")
+    target_order: str = _opt("left_to_right", choices=("left_to_right", "right_to_left"),
+                             help="the order the decoder writes target pieces in; right_to_left models rescore "
+                                  "n-best lists (translate --rerank); their output is put back in reading order")
 
 
 @dataclass(frozen=True)

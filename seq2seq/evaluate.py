@@ -17,7 +17,7 @@ from typing import Callable
 import sacrebleu
 import torch
 
-from seq2seq import __version__, corpus, precision
+from seq2seq import __version__, corpus, precision, rerank
 from seq2seq.checkpoint import atomic_write_bytes
 from seq2seq.config import to_dict
 from seq2seq.errors import Seq2SeqError
@@ -60,6 +60,12 @@ def _checkpoints(translator) -> dict:
     return {"checkpoint": paths[0], **({"ensemble": paths} if len(paths) > 1 else {})}
 
 
+def _rerankers(translator) -> list[dict]:
+    return [{"checkpoint": _portable(s.translator.sources[0]), "weight": s.weight,
+             "target_order": s.translator.config.model.target_order, "training": s.translator.training}
+            for s in translator.rerankers]
+
+
 def _portable_config(cfg) -> dict:
     """The recipe without this machine's data paths."""
     d = to_dict(cfg)
@@ -76,7 +82,8 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
     scores = score(hyps, refs)
     dcfg = translator.decode_config(**decode)
     chosen, why = translator.precision(dcfg.precision)
-    tag = f"{split}.beam{dcfg.beam}" + ("" if chosen == "float32" else f".{chosen}")
+    tag = (f"{split}.beam{dcfg.beam}" + ("" if chosen == "float32" else f".{chosen}")
+           + (".rerank" if translator.rerankers else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / f"{tag}.hyp", "".join(h + "\n" for h in hyps).encode())
     card = {
@@ -85,6 +92,7 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
         "lowercase_13a_bleu": score(hyps, refs, lowercase=True, tokenize="13a")["bleu"],
         **_checkpoints(translator), "training": translator.training,
         "decode": to_dict(dcfg), "decode_precision": chosen, "decode_precision_reason": why,
+        **({"rerank": _rerankers(translator)} if translator.rerankers else {}),
         "sentences_per_second": round(len(sources) / seconds, 2), "decode_seconds": round(seconds, 2),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
@@ -99,11 +107,13 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
 
 
 def tune(translator, beams: list[int], penalties: list[float], data_dir: str | None = None,
-         progress: Callable[[dict], None] | None = None, **decode) -> dict:
+         progress: Callable[[dict], None] | None = None, reranker=None, rerank_weights: list[float] = (),
+         **decode) -> dict:
     """Decode the recipe's validation split for every beam size x length penalty (greedy
-    once: the penalty does not apply to it). The best BLEU wins; ties go to the better chrF,
-    then the smaller beam. `progress` sees each grid row as it is scored. The grid goes to
-    EXPDIR/results/tune.valid.json."""
+    once: the penalty does not apply to it), and with a `reranker` (a rerank.Scorer) for every
+    weight of `rerank_weights` too. The best BLEU wins; ties go to the better chrF, then the
+    smaller beam, then the smaller weight. `progress` sees each grid row as it is scored. The grid
+    goes to EXPDIR/results/tune.valid.json (tune.valid.rerank.json with a reranker)."""
     if not beams or not penalties:
         raise Seq2SeqError("tune needs at least one beam size and one length penalty")
     (src_path, ref_path), = split_files(translator.config, data_dir, only=["valid"]).values()
@@ -115,24 +125,54 @@ def tune(translator, beams: list[int], penalties: list[float], data_dir: str | N
     grid = []
     for beam, lp in settings:
         start = time.perf_counter()
-        hyps = translator.translate(sources, **{**decode, "beam": beam, "length_penalty": lp})
-        s = score(hyps, refs)
-        grid.append({"beam": beam, "length_penalty": lp, "bleu": s["bleu"], "chrf": s["chrf"],
-                     "sentences_per_second": round(len(sources) / (time.perf_counter() - start), 2)})
-        signature = s["bleu_signature"]
-        if progress:
-            progress(grid[-1])
-    best = max(grid, key=lambda r: (r["bleu"], r["chrf"], -r["beam"]))
+        setting = {**decode, "beam": beam, "length_penalty": lp}
+        if reranker is None or beam == 1:
+            outputs = {None: translator.translate(sources, **setting)}
+        else:
+            outputs = _reranked_outputs(translator, sources, setting, reranker, rerank_weights)
+        seconds = time.perf_counter() - start
+        for weight, hyps in outputs.items():
+            s = score(hyps, refs)
+            grid.append({"beam": beam, "length_penalty": lp, **({"rerank_weight": weight} if reranker else {}),
+                         "bleu": s["bleu"], "chrf": s["chrf"],
+                         "sentences_per_second": round(len(sources) / seconds, 2)})
+            signature = s["bleu_signature"]
+            if progress:
+                progress(grid[-1])
+    best = max(grid, key=lambda r: (r["bleu"], r["chrf"], -r["beam"], -(r.get("rerank_weight") or 0)))
     card = {
         "split": "valid", "source": Path(src_path).name, "reference": Path(ref_path).name,
         "sentences": len(sources), "bleu_signature": signature,
         "grid": grid, "best": best, **_checkpoints(translator), "training": translator.training,
         "decode": to_dict(dcfg), "decode_precision": chosen, "decode_precision_reason": why,
+        **({"rerank": [{"checkpoint": _portable(reranker.translator.sources[0]),
+                        "target_order": reranker.translator.config.model.target_order}]} if reranker else {}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
         "torch_version": torch.__version__, "hardware": hardware(translator.device),
     }
-    out = _results_dir(translator) / ("tune.valid.json" if chosen == "float32" else f"tune.valid.{chosen}.json")
+    name = "tune.valid" + ("" if chosen == "float32" else f".{chosen}") + (".rerank" if reranker else "")
+    out = _results_dir(translator) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, (json.dumps(card, indent=2) + "\n").encode())
     return {**card, "card_path": str(out)}
+
+
+def _reranked_outputs(translator, sources: list[str], setting: dict, reranker, weights: list[float]
+                      ) -> dict[float, list[str]]:
+    """The best hypothesis of each line for each reranking weight, from one search: the combined
+    score is linear in the weight, so the reranker scores each hypothesis once."""
+    details = translator.translate_with_details(sources, **{**setting, "nbest": setting["beam"]})
+    places = [(i, k) for i, nbest in enumerate(details) for k in range(len(nbest))]
+    texts = [details[i][k].text for i, k in places]
+    term = rerank.combined([0.0] * len(places), [sources[i] for i, _ in places], texts,
+                           [rerank.Scorer(reranker.translator, 1.0)], setting["length_penalty"])
+    outputs = {}
+    for w in weights:
+        best: dict[int, tuple[float, str]] = {}
+        for (i, k), text, extra in zip(places, texts, term):
+            total = details[i][k].score + (w * extra if len(details[i]) > 1 else 0.0)
+            if i not in best or total > best[i][0]:
+                best[i] = (total, text)
+        outputs[w] = [best[i][1] if i in best else "" for i in range(len(sources))]
+    return outputs

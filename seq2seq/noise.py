@@ -37,8 +37,8 @@ FIRST_NORMAL_ID = EOS + 1  # pad, unk, bos, eos are never dropped
 class Noise:
     """Builds noisy training batches; `active` is False when the config asks for none."""
 
-    def __init__(self, cfg: TrainConfig, tokenizers: Tokenizers, rank: int = 0):
-        self.seed, self.rank = cfg.seed, rank
+    def __init__(self, cfg: TrainConfig, tokenizers: Tokenizers, rank: int = 0, reverse_target: bool = False):
+        self.seed, self.rank, self.reverse_target = cfg.seed, rank, reverse_target
         self.alpha, self.nbest = cfg.subword_alpha, cfg.subword_nbest
         self.src_p, self.tgt_p = cfg.src_word_dropout, cfg.tgt_word_dropout
         self.samplers = (SubwordSampler(tokenizers.src, self.alpha, self.nbest),
@@ -60,7 +60,7 @@ class Noise:
         if self.samplers is not None:
             src = self.samplers[0].sample(src, g)
             tgt = self.samplers[1].sample(tgt, g)
-        batch = collate_pieces(src, tgt, indices)
+        batch = collate_pieces(src, tgt, indices, self.reverse_target)  # sampled in reading order
         if self.src_p > 0:
             batch.src = drop_types(batch.src, batch.src_mask, self.src_p, g)
         if self.tgt_p > 0:

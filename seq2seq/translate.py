@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 from torch import Tensor
 
-from seq2seq import checkpoint, precision, quantize, search
+from seq2seq import checkpoint, precision, quantize, rerank, search
 from seq2seq.batching import collate_src, eval_batches
 from seq2seq.config import Config, DecodeConfig, check_ranges, from_dict, upgrade
 from seq2seq.ensemble import Ensemble
@@ -88,6 +88,19 @@ def _reorder(model: Seq2Seq | Ensemble, st: _Rows, index: Tensor) -> _Rows:
     return _Rows(model.reorder(st.state, index), memory, index.numel())
 
 
+def reading_order(hyps: list[list[Hypothesis]], target_order: str) -> list[list[Hypothesis]]:
+    """Hypotheses of a right_to_left model turned to reading order (tokens and attention rows;
+    the last attention row, EOS's, stays last); left_to_right ones as they are."""
+    if target_order == "left_to_right":
+        return hyps
+
+    def turned(h: Hypothesis) -> Hypothesis:
+        attention = None if h.attention is None else torch.cat([h.attention[:-1].flip(0), h.attention[-1:]])
+        return replace(h, tokens=h.tokens[::-1], attention=attention)
+
+    return [[turned(h) for h in nbest] for nbest in hyps]
+
+
 def decode_ids(model: Seq2Seq | Ensemble, src: list[list[int]], cfg: DecodeConfig, device: torch.device,
                return_attention: bool = False, stop: Callable[[], bool] | None = None) -> list[list[Hypothesis]]:
     """Decode many sentences in length-sorted batches of `cfg.batch_tokens` source tokens
@@ -126,6 +139,7 @@ class Translator:
         self.sources = list(sources or [])  # the checkpoint file of each model (several for an ensemble)
         self.training = training or {}  # how far the (first) checkpoint had trained, for results cards
         self._decoding: dict[str, Seq2Seq | Ensemble] = {"float32": self.model}  # by decode precision
+        self.rerankers: list[rerank.Scorer] = []  # models that rescore the beam's n-best (seq2seq.rerank)
 
     @classmethod
     def load(cls, path: str | Path | list, device: str | torch.device = "cpu") -> "Translator":
@@ -141,6 +155,10 @@ class Translator:
         model, tokenizers, config, source, training = loaded[0]
         sources = [x[3] for x in loaded]
         for other in loaded[1:]:
+            if other[2].model.target_order != config.model.target_order:
+                raise Seq2SeqError(f"{other[3]}: an ensemble's models must write targets in one order, but this "
+                                   f"one is {other[2].model.target_order} and {source} {config.model.target_order} "
+                                   "(rescore with --rerank instead)")
             for side in ("src", "tgt"):
                 if getattr(other[1], side).checksum != getattr(tokenizers, side).checksum:
                     raise Seq2SeqError(f"{other[3]}: an ensemble needs one {side} vocabulary, but its "
@@ -177,21 +195,36 @@ class Translator:
         """n-best Translations per line ([] for an empty line). A line longer than
         decode.max_source_len pieces is translated in chunks that are rejoined, so memory
         stays bounded however long the input; it gets one (1-best) Translation without attention.
-        `stop` (asked before every search step) gives up with Stopped when it says True."""
-        cfg = self.decode_config(**decode)
+        `stop` (asked before every search step) gives up with Stopped when it says True. With
+        `rerankers`, the beam's whole n-best is rescored (seq2seq.rerank) and `score` is the
+        combined one."""
+        cfg = wanted = self.decode_config(**decode)
+        if self.rerankers:
+            cfg = replace(cfg, nbest=cfg.beam)
         keep = [i for i, line in enumerate(lines) if line.strip()]
         src = self.tokenizers.src.encode([lines[i] for i in keep])
         L = cfg.max_source_len
         chunks = [(j, s[c:c + L]) for j, s in enumerate(src) for c in range(0, max(len(s), 1), L)]
-        hyps = decode_ids(self.decoding_model(cfg.precision), [c for _, c in chunks], cfg, self.device,
-                          return_attention, stop)
+        hyps = reading_order(decode_ids(self.decoding_model(cfg.precision), [c for _, c in chunks], cfg,
+                                        self.device, return_attention, stop), self.config.model.target_order)
         per_line: list[list[tuple[list[int], list[Hypothesis]]]] = [[] for _ in src]
         for (j, chunk), nbest in zip(chunks, hyps):
             per_line[j].append((chunk, nbest))
         out: list[list[Translation]] = [[] for _ in lines]
         for i, parts in zip(keep, per_line):
             out[i] = self._translations(parts[0][0], parts[0][1]) if len(parts) == 1 else [self._joined(parts)]
+        if self.rerankers:
+            out = self._reranked(lines, out, wanted)
         return out
+
+    def _reranked(self, lines: list[str], out: list[list[Translation]], cfg: DecodeConfig) -> list[list[Translation]]:
+        """Each line's n-best in the order of the combined score, cut to cfg.nbest."""
+        places = [(i, k) for i, nbest in enumerate(out) for k in range(len(nbest) if len(nbest) > 1 else 0)]
+        scores = rerank.combined([out[i][k].score for i, k in places], [lines[i] for i, _ in places],
+                                 [out[i][k].text for i, k in places], self.rerankers, cfg.length_penalty)
+        for (i, k), score in zip(places, scores):
+            out[i][k] = replace(out[i][k], score=score)
+        return [sorted(nbest, key=lambda t: -t.score)[:cfg.nbest] for nbest in out]
 
     def _translations(self, src: list[int], nbest: list[Hypothesis]) -> list[Translation]:
         texts = self.tokenizers.tgt.decode([h.tokens for h in nbest])
