@@ -65,20 +65,20 @@ GRIDS = {
         "decoder 8 layers, residual none": ["model.decoder.layers=8", "model.decoder.residual=none"],
         "attention feed input_feed": ["model.decoder.attention_feed=input_feed"],
     }, steps=1000, batch_tokens=1000, lr=0.004, size=128, valid_every=None, splits=("val", "test_2016_flickr")),
-    "low_resource": Grid({
+    "low_resource": Grid({  # the cells that decide the recipes first
         "base (CPU recipe: vocab 5k, dropout 0.1, smoothing 0.1, 2k-token batches)": [],
         "dropout 0.3": DROPOUT_03,
         "subword sampling (alpha 0.1, 64-best)": ["train.subword_alpha=0.1"],
         "word dropout 0.1 (source and target)": ["train.src_word_dropout=0.1", "train.tgt_word_dropout=0.1"],
-        "word dropout 0.2 (source and target)": ["train.src_word_dropout=0.2", "train.tgt_word_dropout=0.2"],
-        "vocabulary 2k": ["tokenizer.vocab_size=2000"],
-        "vocabulary 8k": ["tokenizer.vocab_size=8000"],
-        "vocabulary 16k": ["tokenizer.vocab_size=16000"],
-        "1k-token batches (6,000 steps)": ["train.batch_tokens=1000", "train.max_steps=6000",
-                                           "train.valid_every=1000"],
-        "label smoothing 0.2": ["train.label_smoothing=0.2"],
         "dropout 0.3 + subword sampling + word dropout 0.1": [
             *DROPOUT_03, "train.subword_alpha=0.1", "train.src_word_dropout=0.1", "train.tgt_word_dropout=0.1"],
+        "vocabulary 2k": ["tokenizer.vocab_size=2000"],
+        "vocabulary 8k": ["tokenizer.vocab_size=8000"],
+        "label smoothing 0.2": ["train.label_smoothing=0.2"],
+        "word dropout 0.2 (source and target)": ["train.src_word_dropout=0.2", "train.tgt_word_dropout=0.2"],
+        "1k-token batches (6,000 steps)": ["train.batch_tokens=1000", "train.max_steps=6000",
+                                           "train.valid_every=1000"],
+        "vocabulary 16k": ["tokenizer.vocab_size=16000"],
     }, steps=3000, batch_tokens=2000, lr=0.002, size=None, valid_every=500, splits=("val",)),
 }
 
