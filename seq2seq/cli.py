@@ -336,6 +336,8 @@ def cmd_tune(args) -> int:
                  key=lambda name: grid_options.get(name) or _option(name))
     translator = Translator.load(args.model, args.device)
     reranker = None
+    if any(not 0 <= w <= 10 for w in args.rerank_weights):
+        raise Seq2SeqError(f"--rerank-weights must be from 0 to 10, got {' '.join(f'{w:g}' for w in args.rerank_weights)}")
     if args.rerank:
         from seq2seq.rerank import Scorer
         reranker = Scorer(Translator.load(args.rerank, args.device), 1.0)

@@ -163,7 +163,7 @@ def _reranked_outputs(translator, sources: list[str], setting: dict, reranker, w
     """The best hypothesis of each line for each reranking weight, from one search: the combined
     score is linear in the weight, so the reranker scores each hypothesis once."""
     details = translator.translate_with_details(sources, **{**setting, "nbest": setting["beam"]})
-    places = [(i, k) for i, nbest in enumerate(details) for k in range(len(nbest))]
+    places = [(i, k) for i, nbest in enumerate(details) for k in range(len(nbest) if len(nbest) > 1 else 0)]
     texts = [details[i][k].text for i, k in places]
     term = rerank.combined([0.0] * len(places), [sources[i] for i, _ in places], texts,
                            [rerank.Scorer(reranker.translator, 1.0)], setting["length_penalty"])
@@ -171,8 +171,9 @@ def _reranked_outputs(translator, sources: list[str], setting: dict, reranker, w
     for w in weights:
         best: dict[int, tuple[float, str]] = {}
         for (i, k), text, extra in zip(places, texts, term):
-            total = details[i][k].score + (w * extra if len(details[i]) > 1 else 0.0)
+            total = details[i][k].score + w * extra
             if i not in best or total > best[i][0]:
                 best[i] = (total, text)
-        outputs[w] = [best[i][1] if i in best else "" for i in range(len(sources))]
+        outputs[w] = [best[i][1] if i in best else (details[i][0].text if details[i] else "")
+                      for i in range(len(sources))]
     return outputs

@@ -10,6 +10,9 @@ the noise the uninterrupted run would have drawn, with no state to save. Nothing
 memory does not grow with the corpus: a batch's pieces are decoded back to text and sampled
 again when the batch is built (a few milliseconds per batch; see docs/performance.md).
 
+A sampled segmentation has more pieces than the best one, so a batch can go a little over
+train.batch_tokens (the sampler sized it by the best segmentations).
+
 Subword sampling draws one of a sentence's `nbest` best unigram segmentations, with
 probability proportional to P(segmentation)^alpha (Kudo's l-best sampling). The draw is ours,
 not SentencePiece's own sampler, whose generator is per thread and cannot be reseeded.
@@ -50,7 +53,7 @@ class Noise:
 
     def generator(self, step: int) -> torch.Generator:
         # one stream per (seed, step, rank); the constants only spread the three apart
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 8191 + self.rank)
+        return torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 8191 + self.rank) % (1 << 63))
 
     def batch(self, split: Split, indices: list[int], step: int) -> Batch:
         """The batch of `indices` with this step's noise."""

@@ -72,8 +72,12 @@ def test_noise_is_a_function_of_the_step(task):
     a, b, c = (n.batch(split, INDICES, step) for step in (3, 3, 4))
     assert torch.equal(a.src, b.src) and torch.equal(a.tgt_in, b.tgt_in)
     assert not (a.src.shape == c.src.shape and torch.equal(a.src, c.src))
-    other_rank = Noise(replace(TrainConfig(), subword_alpha=0.1), tokenizers, rank=1)
-    assert other_rank.generator(3).initial_seed() != n.generator(3).initial_seed()
+    other_rank = Noise(replace(TrainConfig(), subword_alpha=0.1, src_word_dropout=0.2, tgt_word_dropout=0.2),
+                       tokenizers, rank=1)
+    d = other_rank.batch(split, INDICES, 3)  # another rank draws other noise for its own batches
+    assert not (d.src.shape == a.src.shape and torch.equal(d.src, a.src))
+    huge_seed = Noise(replace(TrainConfig(), seed=2**62, src_word_dropout=0.2), tokenizers)
+    assert huge_seed.batch(split, INDICES, 10**9).src.shape[0] == len(INDICES)  # no overflow
 
 
 def test_word_dropout_drops_types_at_the_asked_rate_and_keeps_the_labels(task):

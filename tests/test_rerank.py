@@ -63,20 +63,20 @@ def test_reranking_picks_the_rescored_best(reverse_model, monkeypatch):
     with a large weight the last one wins, and scores are main + w * logP / length penalty."""
     t = Translator.load(reverse_model)
     lines = ["a b c", "d e"]
-    plain = t.translate_with_details(lines, beam=3, nbest=3, length_penalty=0.0)
+    plain = t.translate_with_details(lines, beam=3, nbest=3, length_penalty=1.0)
     assert all(len(n) == 3 for n in plain)
-    stub = {line: {h.text: (0.0 if k == 2 else -10.0) for k, h in enumerate(n)} for line, n in zip(lines, plain)}
+    stub = {line: {h.text: (-1.0 if k == 2 else -10.0) for k, h in enumerate(n)} for line, n in zip(lines, plain)}
     monkeypatch.setattr(rerank, "log_probs", lambda translator, sources, targets: (
-        [stub[s][h] for s, h in zip(sources, targets)], [1] * len(targets)))
+        [stub[s][h] for s, h in zip(sources, targets)], [3] * len(targets)))  # 3 pieces: penalty (5+3)/6
     t.rerankers = [rerank.Scorer(t, 0.0)]
-    assert [n[0].text for n in t.translate_with_details(lines, beam=3, length_penalty=0.0)] == \
+    assert [n[0].text for n in t.translate_with_details(lines, beam=3, length_penalty=1.0)] == \
         [n[0].text for n in plain]
     t.rerankers = [rerank.Scorer(t, 5.0)]
-    reranked = t.translate_with_details(lines, beam=3, nbest=2, length_penalty=0.0)
+    reranked = t.translate_with_details(lines, beam=3, nbest=2, length_penalty=1.0)
     assert [n[0].text for n in reranked] == [n[2].text for n in plain]
     assert all(len(n) == 2 for n in reranked)
-    assert reranked[0][0].score == pytest.approx(plain[0][2].score + 5.0 * 0.0)
-    assert reranked[0][1].score == pytest.approx(plain[0][0].score + 5.0 * -10.0)
+    assert reranked[0][0].score == pytest.approx(plain[0][2].score + 5.0 * -1.0 / (8 / 6))
+    assert reranked[0][1].score == pytest.approx(plain[0][0].score + 5.0 * -10.0 / (8 / 6))
 
 
 def test_an_ensemble_is_not_a_scorer_and_orders_do_not_mix(reverse_model, r2l_model):

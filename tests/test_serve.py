@@ -22,7 +22,7 @@ from conftest import CLI, Server, assert_usage_error, cli_env, multi30k_path, re
 
 try:
     from seq2seq.serve import app, protocol
-    from seq2seq.serve.batcher import Batcher, QueueFull
+    from seq2seq.serve.batcher import Batcher, DecodeFailed, QueueFull
 except ModuleNotFoundError as e:  # the serve extra is missing
     skip_unless_ci(f"seq2seq[serve] is not installed ({e.name}): pip install -e '.[serve]'")
 
@@ -270,7 +270,7 @@ def test_one_failing_request_does_not_fail_the_others_in_its_batch(caplog):
 
     good, bad, other = run_async(main())
     assert good == ["A/0"] and other == ["C/0"]
-    assert isinstance(bad, RuntimeError)
+    assert isinstance(bad, DecodeFailed)
     assert fake.calls[0] == (["a", "boom", "c"], 0)  # tried together first, then one by one
 
 
@@ -285,7 +285,7 @@ def test_a_decode_that_miscounts_its_results_fails_the_requests_with_a_logged_re
         await b.close()
         return results
 
-    assert all(isinstance(r, RuntimeError) for r in run_async(main()))
+    assert all(isinstance(r, DecodeFailed) for r in run_async(main()))
     assert "decode returned 0 results for 1 lines" in caplog.text  # logged, with the reason
     assert "decoded one by one, 2 of them failed" in caplog.text
 
@@ -331,7 +331,7 @@ def test_a_fault_of_the_batcher_itself_answers_its_requests_and_it_goes_on(caplo
         return first, second
 
     (first,), second = run_async(main())
-    assert isinstance(first, RuntimeError) and "batcher failed" in str(first)
+    assert isinstance(first, DecodeFailed) and "batcher failed" in str(first)
     assert second == ["B/0"]
     assert "the batcher failed on a batch of 1 requests" in caplog.text and "a bug in the batcher" in caplog.text
 

@@ -76,7 +76,7 @@ def test_a_request_behind_one_whose_client_left_is_answered_in_time(reverse_mode
         status, body = s.translate({"text": "a b c"})
         waited = time.monotonic() - start
         assert status == 200 and body["translations"][0]["text"] == "c b a"
-        assert waited < 2.0, waited  # decoding all of it: 8 s on a 2-core EPYC while it trained
+        assert waited < 4.0, waited  # decoding all of it takes many times that
         wait_for(lambda: s.health()["queue"]["decodes_stopped"] == 1)
         assert "stopped decoding 4000 lines of 1 requests: every caller had gone" in s.log()
     finally:
@@ -137,6 +137,30 @@ def test_slow_header_clients_are_cut_off_while_others_are_served(reverse_model, 
         assert s.stop() == 0
 
 
+@pytest.mark.parametrize("head", [b"Content-Type: application/json\r\nContent-Length: 100000000",  # 413
+                                  b"Content-Type: text/plain\r\nContent-Length: 1000"],            # 415
+                         ids=["over-the-body-limit", "text-plain"])
+def test_a_refused_body_is_not_waited_for(server, head):
+    """A request refused before its body was read has its connection closed with the answer: a
+    client cannot keep the connection by trickling the body it was refused."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\n" + head + b"\r\n\r\n{")
+        start, data = time.monotonic(), b""
+        while True:
+            assert time.monotonic() - start < 5, data
+            try:
+                if select.select([sock], [], [], 0.2)[0]:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break  # closed by the server
+                    data += chunk
+                else:
+                    sock.sendall(b" ")  # a byte of body every 0.2 s
+            except OSError:
+                break
+    assert data.split(b" ")[1] in (b"413", b"415"), data
+
+
 # ---------------------------------------------------------------- point 5: Host, Origin, Content-Type
 
 
@@ -168,7 +192,7 @@ def test_a_foreign_origin_is_refused_before_anything_is_decoded(server):
 
 def test_the_json_endpoint_wants_application_json(server):
     before = decoded(server)
-    for kind in ("text/plain", "multipart/form-data; boundary=x", None):
+    for kind in ("text/plain", "application/xml", None):
         headers = {"Content-Type": kind} if kind else {}
         status, _, body = server.request("POST", "/translate", json.dumps({"text": "a b"}).encode(), headers)
         assert status == 415 and "application/json" in body["error"], (kind, body)

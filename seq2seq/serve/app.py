@@ -41,7 +41,7 @@ from starlette.staticfiles import StaticFiles
 from seq2seq import __version__
 from seq2seq.errors import Seq2SeqError
 from seq2seq.serve import libretranslate
-from seq2seq.serve.batcher import Batcher, QueueFull
+from seq2seq.serve.batcher import Batcher, DecodeFailed, QueueFull
 from seq2seq.serve.guard import Guard, Hosts, with_header_timeout
 from seq2seq.serve.protocol import (MAX_LENGTH_PENALTY, BadRequest, Limits, Settings, check_request, check_work, decode,
                                     load_json, summary)
@@ -78,7 +78,7 @@ def build_app(translator: Translator, limits: Limits = Limits(), worker: ThreadP
             results = await _answer_unless_gone(request, batcher.submit(lines, settings, cost), deadline)
         except Exception as e:
             return _refusal(request, e, limits)
-        answer = {"translations": results} if lt is None else libretranslate.answer(lt, results)
+        answer = {"translations": results} if lt is None else libretranslate.answer(lt, results, pair)
         # JSONResponse renders its body when made: a large answer is made off the event loop
         return await asyncio.to_thread(JSONResponse, answer, headers={"Cache-Control": "no-store"})
 
@@ -137,16 +137,16 @@ def _refusal(request: Request, error: Exception, limits: Limits) -> JSONResponse
     if isinstance(error, TimeoutError):
         return _reject(request, 503, f"not answered within the server's {limits.timeout:g} s timeout; retry later",
                        {"Retry-After": "1"})
-    if isinstance(error, RuntimeError):  # the batcher logged the cause with its traceback
+    if isinstance(error, DecodeFailed):  # the batcher logged the cause with its traceback
         return _reject(request, 500, str(error))
     raise error
 
 
-def _parse(body: bytes, form: bool, pair: tuple[str, str], defaults: Settings, limits: Limits
+def _parse(body: bytes, form: str, pair: tuple[str, str], defaults: Settings, limits: Limits
            ) -> tuple[list[str], Settings, libretranslate.Request | None]:
-    """Lines and settings of a /translate body in either API; the LibreTranslate request (to shape
-    its answer) or None for ours."""
-    data = libretranslate.parse_form(body) if form else load_json(body)
+    """Lines and settings of a /translate body in either API (`form`: the form's Content-Type, or
+    "" for JSON); the LibreTranslate request (to shape its answer) or None for ours."""
+    data = libretranslate.parse_form(body, form) if form else load_json(body)
     if form or libretranslate.is_libretranslate(data):
         lt = libretranslate.parse(data, pair, defaults, limits)
         return lt.lines, lt.settings, lt
@@ -158,22 +158,24 @@ def _work_counter(vocab, limits: Limits) -> Callable[[list[str], int], int]:
     longest = max(len(vocab.sp.id_to_piece(i)) for i in range(len(vocab)))  # characters, "▁" included
 
     def work(lines: list[str], beam: int) -> int:
-        # a line has at least len / longest pieces: a request over the limit on that count alone is
-        # refused without being tokenized (an oversized request must cost next to nothing)
-        check_work([-(-len(line) // longest) for line in lines], beam, limits, at_least=True)
+        # A line has at least len / longest pieces once its whitespace runs are one space, and NFKC
+        # composes at most a few code points into one (hence / 4): a request over the limit on that
+        # count alone is refused without being tokenized (an oversized request must cost next to nothing).
+        check_work([len(" ".join(line.split())) // (4 * longest) for line in lines], beam, limits, at_least=True)
         return check_work([len(ids) for ids in vocab.encode(lines)], beam, limits)
 
     return work
 
 
-def _form_or_json(request: Request) -> bool:
-    """True for a form (the LibreTranslate API), False for JSON; any other body is refused (415):
-    a page on another site can post text/plain without asking the browser's CORS preflight."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind not in ("application/json", "application/x-www-form-urlencoded"):
-        raise BadRequest(415, f"POST /translate takes Content-Type application/json (or a form, "
-                              f"application/x-www-form-urlencoded, in the LibreTranslate API), not {kind or 'none'}")
-    return kind != "application/json"
+def _form_or_json(request: Request) -> str:
+    """A form's Content-Type (the LibreTranslate API), or "" for JSON; any other body is refused
+    (415): a page on another site can post text/plain without the browser's CORS preflight."""
+    header = request.headers.get("content-type", "")
+    kind = header.split(";")[0].strip().lower()
+    if kind not in ("application/json", "application/x-www-form-urlencoded", "multipart/form-data"):
+        raise BadRequest(415, f"POST /translate takes Content-Type application/json (or a form in the "
+                              f"LibreTranslate API), not {kind or 'none'}")
+    return "" if kind == "application/json" else header
 
 
 class ClientGone(Exception):

@@ -17,7 +17,7 @@ while the model decodes:
     holding the thread for work nobody will read;
   - the queue is bounded in lines: `submit` raises `QueueFull` rather than letting memory grow;
   - a fault of the batcher itself is logged with its traceback, the jobs it held get a
-    RuntimeError (the server answers 500), and the batcher goes on with the next jobs: the task
+    DecodeFailed (the server answers 500), and the batcher goes on with the next jobs: the task
     that forms batches never ends while the server runs.
 
 The batcher knows nothing of HTTP or of models: `decode(lines, settings, stop)` does the work, in
@@ -39,6 +39,10 @@ log = logging.getLogger("seq2seq.serve")
 
 class QueueFull(Exception):
     """The queue holds `max_queue_lines` lines already; the client should retry later."""
+
+
+class DecodeFailed(Exception):
+    """A request's decode failed (or the batcher did); the cause is in the log with its traceback."""
 
 
 @dataclass(eq=False)
@@ -117,7 +121,7 @@ class Batcher:
                               len(batch))
                 for job in batch:
                     if not job.future.done():
-                        job.future.set_exception(RuntimeError("the server's batcher failed on this request's "
+                        job.future.set_exception(DecodeFailed("the server's batcher failed on this request's "
                                                               "batch (see the server's log)"))
 
     async def _take_batch(self) -> list[Job]:
@@ -214,4 +218,4 @@ def _finish(job: Job, results: list[Any]) -> None:
 def _fail(job: Job) -> None:
     log.exception("decoding failed for a request of %d lines", len(job.lines))
     if not job.future.done():
-        job.future.set_exception(RuntimeError("decoding failed"))
+        job.future.set_exception(DecodeFailed("decoding failed"))

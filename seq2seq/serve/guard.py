@@ -3,7 +3,9 @@ page the user happens to visit could make.
 
 - `HeaderTimeout` (the HTTP protocol): a connection gets `header_timeout` seconds for a request's
   headers, from the moment it connects and again after each answer. A client that sends them a
-  byte at a time is cut off, so that slow clients cannot hold every connection.
+  byte at a time is cut off, so that slow clients cannot hold every connection. A request refused
+  before its body was read has its connection closed with the answer: the server does not wait
+  for (or read) the rest of a body it has already refused.
 - `Guard` (ASGI middleware):
   - the Host header must name the server (`Hosts`): the address it listens on and the names given
     with --allowed-host; also localhost and the loopback addresses when it listens on one of them
@@ -24,6 +26,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import re
 import urllib.parse
 from dataclasses import dataclass
 
@@ -31,7 +34,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("seq2seq.serve")
-WILDCARDS = ("0.0.0.0", "::", "")
+HOST = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:\d{1,5})?$")  # name or [IPv6], then a port
 
 
 class HeaderTimeout(H11Protocol):
@@ -51,6 +54,10 @@ class HeaderTimeout(H11Protocol):
             self._disarm()
 
     def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY:  # answered before its body was read (a refusal):
+            super().on_response_complete()          # the rest of the body is not waited for
+            self.transport.close()
+            return
         super().on_response_complete()
         if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
             self._arm()  # the next request's headers get the same time
@@ -97,20 +104,31 @@ class Hosts:
     @classmethod
     def for_listener(cls, listen_host: str, extra: tuple[str, ...] = ()) -> "Hosts":
         names = {h.lower().strip("[]") for h in extra} | {listen_host.lower().strip("[]")}
-        wildcard = listen_host in WILDCARDS
+        wildcard = _is_unspecified(listen_host)
         if wildcard or _is_loopback(listen_host):
             names |= {"localhost", "127.0.0.1", "::1"}
         return cls(frozenset(names), wildcard)
 
     def allow(self, host_header: str) -> bool:
+        if "*" in self.names:
+            return True
+        if not HOST.match(host_header.strip().lower()):
+            return False
         name = _host_name(host_header)
-        if name in self.names or "*" in self.names:
+        if name in self.names:
             return True
         try:
             ipaddress.ip_address(name)  # an address cannot be rebound to another machine's page
         except ValueError:
             return False
         return self.any_address
+
+
+def _is_unspecified(host: str) -> bool:
+    try:
+        return host == "" or ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
 
 
 def _is_loopback(host: str) -> bool:

@@ -98,7 +98,7 @@ def check_request(data: Any, defaults: Settings, limits: Limits) -> tuple[list[s
         if not lines:
             raise BadRequest(400, "texts is empty")
         names = [f"texts[{i}]" for i in range(len(lines))]
-    check_lines(lines, names, limits)
+    check_lines(lines, names, limits, what="texts")
     settings = _settings(data, defaults, limits)
     if settings.attention and len(lines) * settings.nbest > limits.max_attention_hypotheses:
         raise BadRequest(413, f"attention is answered for at most {limits.max_attention_hypotheses} hypotheses "
@@ -107,10 +107,11 @@ def check_request(data: Any, defaults: Settings, limits: Limits) -> tuple[list[s
     return lines, settings
 
 
-def check_lines(lines: list, names: list[str], limits: Limits) -> None:
-    """Each line is a string the model can take; `names` says how the request calls them."""
+def check_lines(lines: list, names: list[str], limits: Limits, what: str = "text") -> None:
+    """Each line is a string the model can take; `names` says how the request calls each, `what`
+    the field that holds them."""
     if len(lines) > limits.max_lines:
-        raise BadRequest(413, f"{names[0].split('[')[0]} has {len(lines)} lines; the limit is {limits.max_lines} "
+        raise BadRequest(413, f"{what} has {len(lines)} lines; the limit is {limits.max_lines} "
                               "per request (--max-lines)")
     for name, line in zip(names, lines):
         if not isinstance(line, str):
@@ -131,10 +132,11 @@ def check_lines(lines: list, names: list[str], limits: Limits) -> None:
 def check_work(pieces: list[int], beam: int, limits: Limits, at_least: bool = False) -> int:
     """The work of a request whose lines have `pieces` source pieces each (at least, if `at_least`),
     or 413 naming the limit."""
-    work = sum(max(n, 1) for n in pieces) * beam
+    counted = sum(max(n, 1) for n in pieces)  # an empty line still costs a step
+    work = counted * beam
     if work > limits.max_request_work:
         some = "at least " if at_least else ""
-        raise BadRequest(413, f"this request is {some}{sum(pieces):,} source pieces x beam {beam} = {work:,} units of "
+        raise BadRequest(413, f"this request is {some}{counted:,} source pieces x beam {beam} = {work:,} units of "
                               f"work; the limit is {limits.max_request_work:,} per request (--max-request-work): "
                               "send fewer or shorter lines, or a smaller beam")
     return work
