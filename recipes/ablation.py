@@ -68,10 +68,11 @@ GRIDS = {
     "low_resource": Grid({  # the cells that decide the recipes first
         "base (CPU recipe: vocab 5k, dropout 0.1, smoothing 0.1, 2k-token batches)": [],
         "dropout 0.3": DROPOUT_03,
-        "subword sampling (alpha 0.1, 64-best)": ["train.subword_alpha=0.1"],
+        "subword sampling (alpha 0.1, 64-best)": ["train.subword_alpha=0.1", "train.subword_nbest=64"],
         "word dropout 0.1 (source and target)": ["train.src_word_dropout=0.1", "train.tgt_word_dropout=0.1"],
         "dropout 0.3 + subword sampling + word dropout 0.1": [
-            *DROPOUT_03, "train.subword_alpha=0.1", "train.src_word_dropout=0.1", "train.tgt_word_dropout=0.1"],
+            *DROPOUT_03, "train.subword_alpha=0.1", "train.subword_nbest=64", "train.src_word_dropout=0.1",
+            "train.tgt_word_dropout=0.1"],
         "vocabulary 2k": ["tokenizer.vocab_size=2000"],
         "vocabulary 8k": ["tokenizer.vocab_size=8000"],
         "label smoothing 0.2": ["train.label_smoothing=0.2"],

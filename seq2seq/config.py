@@ -118,7 +118,7 @@ class TrainConfig:
     subword_alpha: float = _opt(0.0, ge=0.0, help="subword regularization: each time a training sentence is "
                                 "used, draw its segmentation from its subword_nbest best with P^alpha "
                                 "(needs tokenizer.type = unigram); 0 = off, the best segmentation")
-    subword_nbest: int = _opt(64, ge=2, help="segmentations subword sampling draws from")
+    subword_nbest: int = _opt(16, ge=2, help="segmentations subword sampling draws from (its cost grows with it)")
     src_word_dropout: float = _opt(0.0, ge=0.0, le=0.95, help="replace each source piece type of a "
                                    "training sentence by UNK with this probability")
     tgt_word_dropout: float = _opt(0.0, ge=0.0, le=0.95, help="the same for the decoder's input pieces "

@@ -8,7 +8,8 @@ Every draw comes from a generator seeded by (train.seed, step, rank), so a batch
 function of where the run is, not of what ran before: resuming from a checkpoint draws exactly
 the noise the uninterrupted run would have drawn, with no state to save. Nothing is cached, so
 memory does not grow with the corpus: a batch's pieces are decoded back to text and sampled
-again when the batch is built (a few milliseconds per batch; see docs/performance.md).
+again when the batch is built. That costs SentencePiece's n-best search per sentence, which grows
+with train.subword_nbest (measured in docs/performance.md).
 
 A sampled segmentation has more pieces than the best one, so a batch can go a little over
 train.batch_tokens (the sampler sized it by the best segmentations).
@@ -79,22 +80,27 @@ class SubwordSampler:
     def __init__(self, vocab: Vocab, alpha: float, nbest: int):
         self.vocab, self.alpha, self.nbest = vocab, alpha, nbest
         sp = vocab.sp
-        self.scores = [sp.get_score(i) for i in range(sp.get_piece_size())]  # log P(piece)
+        self.scores = torch.tensor([sp.get_score(i) for i in range(sp.get_piece_size())],
+                                   dtype=torch.float64)  # log P(piece)
 
     def sample(self, seqs: list[list[int]], g: torch.Generator) -> list[list[int]]:
         """One drawn segmentation per sequence of piece ids (the text they spell is kept)."""
         texts = self.vocab.decode(seqs)
         candidates = self.vocab.sp.nbest_encode(texts, nbest_size=self.nbest, out_type=int)
-        out = []
-        for seq, options in zip(seqs, candidates):
-            if len(options) < 2 or UNK in seq:  # one segmentation only; UNK does not spell its text back
-                out.append(seq)
-                continue
-            logp = torch.tensor([self.alpha * sum(self.scores[i] for i in o) for o in options],
-                                dtype=torch.float64)
-            pick = int(torch.multinomial(torch.softmax(logp, 0), 1, generator=g))
-            out.append(list(options[pick]))
-        return out
+        # every option of every sentence scored at once: log P(segmentation) = sum of its pieces'
+        flat = [o for options in candidates for o in options]
+        lengths = torch.tensor([len(o) for o in flat])
+        owner = torch.repeat_interleave(torch.arange(len(flat)), lengths)
+        logp = torch.zeros(len(flat), dtype=torch.float64).index_add_(
+            0, owner, self.scores[torch.tensor([i for o in flat for i in o], dtype=torch.long)])
+        width = max(len(options) for options in candidates)
+        table = torch.full((len(seqs), width), float("-inf"), dtype=torch.float64)  # (N, options)
+        row = torch.repeat_interleave(torch.arange(len(seqs)), torch.tensor([len(o) for o in candidates]))
+        column = torch.cat([torch.arange(len(o)) for o in candidates])
+        table[row, column] = self.alpha * logp
+        picks = torch.multinomial(torch.softmax(table, 1), 1, generator=g).squeeze(1).tolist()
+        return [seq if len(options) < 2 or UNK in seq else list(options[pick])
+                for seq, options, pick in zip(seqs, candidates, picks)]
 
 
 def drop_types(ids: torch.Tensor, mask: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
