@@ -173,23 +173,8 @@ def main() -> None:
         except RuntimeError as e:
             raise SystemExit(str(e)) from None
         try:
-            rss = [server.rss_mib()]
             asyncio.run(load(server.port, lines, expected, 4, list(range(min(40, len(lines))))))  # warm-up
-            print(f"{'clients':>7} {'requests':>8} {'sent/s':>7} {'vs offline':>10} {'p50 ms':>7} {'p95 ms':>7} "
-                  f"{'p99 ms':>7} {'lost':>4} {'dup':>4} {'mismatch':>8} {'batch':>6} {'RSS MiB':>8}", flush=True)
-            for clients in CLIENTS:
-                before = server.health()["queue"]
-                row = asyncio.run(load(server.port, lines, expected, clients, list(range(len(lines)))))
-                after = server.health()["queue"]
-                row["mean_batch_lines"] = (after["lines_decoded"] - before["lines_decoded"]) / max(
-                    1, after["batches"] - before["batches"])
-                row["rss_mib"] = server.rss_mib()
-                rss.append(row["rss_mib"])
-                rows.append(row)
-                print(f"{clients:>7} {row['requests']:>8} {row['sents_per_s']:>7.1f} "
-                      f"{row['sents_per_s'] / offline_rate:>10.2f} {row['p50_ms']:>7.0f} {row['p95_ms']:>7.0f} "
-                      f"{row['p99_ms']:>7.0f} {row['lost']:>4} {row['duplicated']:>4} {row['mismatched']:>8} "
-                      f"{row['mean_batch_lines']:>6.1f} {row['rss_mib']:>8.0f}", flush=True)
+            rows = run_levels(server, lines, expected, offline_rate)
             mix = asyncio.run(mixed(server.port, lines, expected))
             print(f"mixed: 32 clients beside {OVERSIZED_CLIENTS} sending {OVERSIZED_PER_S} oversized requests/s each, "
                   f"{mix['seconds']:.1f} s: p50 {mix['p50_ms']:.0f} ms, "
@@ -216,6 +201,26 @@ def main() -> None:
     print(f"serve_vs_offline={result['serve_vs_offline']:.2f} p99_ms={at32['p99_ms']:.0f} "
           f"mixed_p99_ms={mix['p99_ms']:.0f} oversized_refused={mix['oversized_refused']}/{mix['oversized_sent']} "
           f"lost={lost} duplicated={duplicated} mismatched={mismatched}")
+
+
+def run_levels(server: ServerProcess, lines: list[str], expected: list[str], offline_rate: float) -> list[dict]:
+    """Each level of CLIENTS once through the sentences, printed as it ends."""
+    print(f"{'clients':>7} {'requests':>8} {'sent/s':>7} {'vs offline':>10} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'p99 ms':>7} {'lost':>4} {'dup':>4} {'mismatch':>8} {'batch':>6} {'RSS MiB':>8}", flush=True)
+    rows = []
+    for clients in CLIENTS:
+        before = server.health()["queue"]
+        row = asyncio.run(load(server.port, lines, expected, clients, list(range(len(lines)))))
+        after = server.health()["queue"]
+        row["mean_batch_lines"] = (after["lines_decoded"] - before["lines_decoded"]) / max(
+            1, after["batches"] - before["batches"])
+        row["rss_mib"] = server.rss_mib()
+        rows.append(row)
+        print(f"{clients:>7} {row['requests']:>8} {row['sents_per_s']:>7.1f} "
+              f"{row['sents_per_s'] / offline_rate:>10.2f} {row['p50_ms']:>7.0f} {row['p95_ms']:>7.0f} "
+              f"{row['p99_ms']:>7.0f} {row['lost']:>4} {row['duplicated']:>4} {row['mismatched']:>8} "
+              f"{row['mean_batch_lines']:>6.1f} {row['rss_mib']:>8.0f}", flush=True)
+    return rows
 
 
 def run_soak(server: ServerProcess, lines: list[str], expected: list[str], minutes: float) -> dict:
