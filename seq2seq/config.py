@@ -99,6 +99,11 @@ class ModelConfig:
                              help="the order the decoder writes target pieces in; right_to_left models rescore "
                                   "n-best lists (translate --rerank); their output is put back in reading order")
 
+    @property
+    def right_to_left(self) -> bool:
+        """The decoder writes target pieces backwards (batches and hypotheses are turned around)."""
+        return self.target_order == "right_to_left"
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -163,10 +163,9 @@ def _reranked_outputs(translator, sources: list[str], setting: dict, reranker, w
     """The best hypothesis of each line for each reranking weight, from one search: the combined
     score is linear in the weight, so the reranker scores each hypothesis once."""
     details = translator.translate_with_details(sources, **{**setting, "nbest": setting["beam"]})
-    places = [(i, k) for i, nbest in enumerate(details) for k in range(len(nbest) if len(nbest) > 1 else 0)]
+    places = rerank.reranked_places(details)
     texts = [details[i][k].text for i, k in places]
-    term = rerank.combined([0.0] * len(places), [sources[i] for i, _ in places], texts,
-                           [rerank.Scorer(reranker.translator, 1.0)], setting["length_penalty"])
+    term = rerank.normalized(reranker.translator, [sources[i] for i, _ in places], texts, setting["length_penalty"])
     outputs = {}
     for w in weights:
         best: dict[int, tuple[float, str]] = {}

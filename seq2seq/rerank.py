@@ -48,7 +48,7 @@ def log_probs(translator: Translator, sources: list[str], targets: list[str],
     its target pieces and EOS, and those lengths; targets in the model's own order."""
     model, tok = translator.model, translator.tokenizers
     src, tgt = tok.src.encode(sources), tok.tgt.encode(targets)
-    reverse = translator.config.model.target_order == "right_to_left"
+    reverse = translator.config.model.right_to_left
     scores, lengths = [0.0] * len(src), [len(t) + 1 for t in tgt]
     for indices in eval_batches([max(len(s), len(t)) + 1 for s, t in zip(src, tgt)], batch_tokens):
         b = collate_pieces([src[i] for i in indices], [tgt[i] for i in indices], indices, reverse)
@@ -60,14 +60,24 @@ def log_probs(translator: Translator, sources: list[str], targets: list[str],
     return scores, lengths
 
 
+def reranked_places(nbest_lists: list[list]) -> list[tuple[int, int]]:
+    """(line, hypothesis) of every hypothesis that reranking can move: lines with more than one."""
+    return [(i, k) for i, nbest in enumerate(nbest_lists) for k in range(len(nbest) if len(nbest) > 1 else 0)]
+
+
+def normalized(translator: Translator, sources: list[str], texts: list[str], alpha: float) -> list[float]:
+    """log P(text | source) under the translator's model over the GNMT length penalty: the term a
+    reranker's weight multiplies."""
+    logp, lengths = log_probs(translator, sources, texts)
+    return [lp / float(length_penalty(n, alpha)) for lp, n in zip(logp, lengths)]
+
+
 def combined(main_scores: list[float], sources: list[str], texts: list[str], scorers: list[Scorer],
              alpha: float) -> list[float]:
     """The combined score of each (source, hypothesis text) pair."""
     total = list(main_scores)
     for scorer in scorers:
-        if scorer.weight == 0.0:
-            continue
-        logp, lengths = log_probs(scorer.translator, sources, texts)
-        for i, (lp, n) in enumerate(zip(logp, lengths)):
-            total[i] += scorer.weight * lp / float(length_penalty(n, alpha))
+        if scorer.weight != 0.0:
+            for i, term in enumerate(normalized(scorer.translator, sources, texts, alpha)):
+                total[i] += scorer.weight * term
     return total

@@ -169,7 +169,7 @@ def validate(model: Seq2Seq, split: Split, prepared: Prepared, cfg: Config,
     model.eval()
     nll_sum, tokens = 0.0, 0
     for indices in eval_batches(split.sizes(), cfg.train.batch_tokens):
-        batch = collate(split, indices, cfg.model.target_order == "right_to_left").to(device)
+        batch = collate(split, indices, cfg.model.right_to_left).to(device)
         _, nll = model.loss(batch.src, batch.src_lengths, batch.src_mask, batch.tgt_in, batch.tgt_out,
                             batch.tgt_mask, 0.0)
         nll_sum += float(nll)
@@ -372,7 +372,8 @@ def _build_run(cfg: Config, expdir: Path, prepared: Prepared, resume: bool) -> R
               make_optimizer(model, cfg),
               LRSchedule(t.lr, t.schedule, t.warmup_steps, t.plateau_factor, t.plateau_patience, t.min_lr),
               TokenBatchSampler(prepared.splits["train"].sizes(), t.batch_tokens, t.seed, rank, world),
-              Noise(t, prepared.tokenizers, rank, cfg.model.target_order == "right_to_left"), Progress(), MetricsLog(expdir, rank == 0, t.tensorboard),
+              Noise(t, prepared.tokenizers, rank, cfg.model.right_to_left), Progress(),
+              MetricsLog(expdir, rank == 0, t.tensorboard),
               precision.training(t.precision, device),
               precision.decoding(cfg.decode.precision, device))  # a choice this device lacks fails here, not later
     if resume:
@@ -403,7 +404,7 @@ def _loop(run: Run, stop: StopRequest) -> None:
             raise Interrupted(stop.signum, run.expdir / "checkpoints" / "last.pt")
         indices = run.sampler.next_batch()
         batch = (run.noise.batch(train_split, indices, p.step) if run.noise.active
-                 else collate(train_split, indices, run.noise.reverse_target)).to(run.device)
+                 else collate(train_split, indices, run.cfg.model.right_to_left)).to(run.device)
         lr = run.schedule.lr(p.step)
         loss, norm, finite = train_step(run.objective, run.optimizer, batch, run.cfg, lr, autocast)
         p.step += 1

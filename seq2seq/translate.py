@@ -219,7 +219,7 @@ class Translator:
 
     def _reranked(self, lines: list[str], out: list[list[Translation]], cfg: DecodeConfig) -> list[list[Translation]]:
         """Each line's n-best in the order of the combined score, cut to cfg.nbest."""
-        places = [(i, k) for i, nbest in enumerate(out) for k in range(len(nbest) if len(nbest) > 1 else 0)]
+        places = rerank.reranked_places(out)
         scores = rerank.combined([out[i][k].score for i, k in places], [lines[i] for i, _ in places],
                                  [out[i][k].text for i, k in places], self.rerankers, cfg.length_penalty)
         for (i, k), score in zip(places, scores):

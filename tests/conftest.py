@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,17 @@ def tgt_batch():
 
 
 # ---------------------------------------------------------------- the server
+
+
+NO_WORK_LIMIT = ["--max-request-work", 10**9, "--max-batch-work", 10**9]  # `serve` flags: decode anything
+
+
+def wait_until(condition, seconds: float = 60) -> None:
+    """Poll `condition` every 10 ms; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 def Server(model: Path, *args, log: Path) -> ServerProcess:

@@ -14,11 +14,11 @@ import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from conftest import CLI, Server, assert_usage_error, cli_env, multi30k_path, reverse_rows, run_cli, skip_unless_ci
+from conftest import (CLI, NO_WORK_LIMIT, Server, assert_usage_error, cli_env, reverse_rows, run_cli,
+                      skip_unless_ci, wait_until)
 
 try:
     from seq2seq.serve import app, protocol
@@ -486,14 +486,6 @@ def test_long_lines_are_chunked_as_translate_does(server, translator):
     assert body["translations"][1]["text"] == expected[1][0].text
 
 
-NO_WORK_LIMIT = ["--max-request-work", 10**9, "--max-batch-work", 10**9]
-
-
-def wait_for(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def raw_exchange(port: int, data: bytes, close_after_send: bool = False, pause: float = 0.0) -> bytes:
@@ -584,7 +576,7 @@ def test_a_request_slower_than_the_timeout_gets_503(reverse_model, tmp_path):
         texts = reverse_rows(2000, 5, lengths=(30, 40))[0]
         status, headers, body = s.request("POST", "/translate", {"texts": texts, "beam": 16})
         assert status == 503 and "0.5 s timeout" in body["error"] and headers["retry-after"] == "1"
-        wait_for(lambda: s.health()["queue"]["decodes_stopped"] == 1)  # the decode nobody waits for stops
+        wait_until(lambda: s.health()["queue"]["decodes_stopped"] == 1)  # the decode nobody waits for stops
         assert "every caller had gone" in s.log()
     finally:
         assert s.stop() == 0

@@ -5,21 +5,19 @@ Content-Type. The server is a real `seq2seq serve` process with the session's re
 import json
 import select
 import socket
-import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import Server, reverse_rows, skip_unless_ci
+from conftest import NO_WORK_LIMIT, Server, reverse_rows, skip_unless_ci, wait_until
 
 try:
     from seq2seq.serve.guard import Hosts
 except ModuleNotFoundError as e:  # the serve extra is missing
     skip_unless_ci(f"seq2seq[serve] is not installed ({e.name}): pip install -e '.[serve]'")
 
-NO_WORK_LIMIT = ["--max-request-work", 10**9, "--max-batch-work", 10**9]
 APP = "https://app.example"
 
 
@@ -29,13 +27,6 @@ def server(reverse_model, tmp_path_factory):
                log=tmp_path_factory.mktemp("guard") / "server.log")
     yield s
     assert s.stop() == 0
-
-
-def wait_for(condition, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def decoded(server) -> int:
@@ -71,13 +62,13 @@ def test_a_request_behind_one_whose_client_left_is_answered_in_time(reverse_mode
         with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
             sock.sendall(b"POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(heavy), heavy))
-            wait_for(lambda: decoded(s) == 1)  # its decode has started
+            wait_until(lambda: decoded(s) == 1)  # its decode has started
         start = time.monotonic()
         status, body = s.translate({"text": "a b c"})
         waited = time.monotonic() - start
         assert status == 200 and body["translations"][0]["text"] == "c b a"
         assert waited < 4.0, waited  # decoding all of it takes many times that
-        wait_for(lambda: s.health()["queue"]["decodes_stopped"] == 1)
+        wait_until(lambda: s.health()["queue"]["decodes_stopped"] == 1)
         assert "stopped decoding 4000 lines of 1 requests: every caller had gone" in s.log()
     finally:
         assert s.stop() == 0

@@ -112,9 +112,10 @@ class Hosts:
     def allow(self, host_header: str) -> bool:
         if "*" in self.names:
             return True
-        if not HOST.match(host_header.strip().lower()):
+        match = HOST.match(host_header.strip().lower())
+        if match is None:
             return False
-        name = _host_name(host_header)
+        name = match.group(1).strip("[]")  # without its port
         if name in self.names:
             return True
         try:
@@ -136,14 +137,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host.lower() == "localhost"
-
-
-def _host_name(value: str) -> str:
-    """'example.org:8080' -> 'example.org', '[::1]:8080' -> '::1'."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
 class Guard:
