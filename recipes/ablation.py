@@ -73,6 +73,8 @@ GRIDS = {
         "dropout 0.3 + subword sampling + word dropout 0.1": [
             *DROPOUT_03, "train.subword_alpha=0.1", "train.subword_nbest=64", "train.src_word_dropout=0.1",
             "train.tgt_word_dropout=0.1"],
+        "dropout 0.3 + word dropout 0.1 (the final systems' choice)": [
+            *DROPOUT_03, "train.src_word_dropout=0.1", "train.tgt_word_dropout=0.1"],
         "vocabulary 2k": ["tokenizer.vocab_size=2000"],
         "vocabulary 8k": ["tokenizer.vocab_size=8000"],
         "label smoothing 0.2": ["train.label_smoothing=0.2"],
