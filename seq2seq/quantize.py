@@ -100,8 +100,9 @@ class LowLSTM(nn.Module):
     def __init__(self, rnn: StepLSTM, precision: str, parts: list[int]):
         super().__init__()
         H = rnn.hidden_size
-        i, f, g, o = (torch.arange(k * H, (k + 1) * H) for k in range(4))
-        order, double = torch.cat([i, f, o, g]), torch.cat([torch.ones(3 * H), torch.full((H,), 2.0)])[:, None]
+        order = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H), torch.arange(2 * H, 3 * H)])  # i f o g
+        double = torch.ones(4 * H, 1)
+        double[3 * H:] = 2                                                        # g's rows, exact in any format
         w_ih, w_hh = rnn.weight_ih_l0[order] * double, rnn.weight_hh_l0[order] * double   # (4H, K), (4H, H)
         bias = (rnn.bias_ih_l0 + rnn.bias_hh_l0)[order] * double[:, 0]
         self.ih = LowLinear(w_ih, bias, precision, parts)
