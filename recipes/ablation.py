@@ -2,6 +2,7 @@
 
     python recipes/ablation.py [--grid depth|low_resource] [--steps N] [--size N] [--batch-tokens N]
                                [--lr X] [--seeds 1 2] [--out DIR] [--data-dir DIR] [--cells NAME ...]
+                               [--threads N]
 
 Two grids, both starting from recipes/multi30k_de_en_cpu.toml:
 
@@ -10,8 +11,10 @@ Two grids, both starting from recipes/multi30k_de_en_cpu.toml:
   (1,000); cells change encoder layers {1, 2, 4}, bidirectional vs unidirectional, decoder
   layers {1, 2, 4, 8}, residual none/gnmt/dense, attention feed gnmt/input_feed. Reports val
   and test_2016_flickr BLEU.
-- `low_resource` (what pays on a corpus this small): the CPU recipe as it is (width 256, 2,000-token
-  batches, lr 0.002 halved on plateaus, validation every 500 steps) for 3,000 steps; cells change
+- `low_resource` (what pays on a corpus this small): the CPU recipe as it was on 2026-12-05 (width
+  256, vocabulary 5k, dropout 0.1, no word dropout, label smoothing 0.1, 2,000-token batches, lr 0.002
+  halved on plateaus; those settings are pinned, so later recipe changes don't move the grid),
+  validation every 500 steps, 3,000 steps; cells change
   model dropout, subword sampling, word dropout, vocabulary size, batch size and label smoothing.
   Reports val BLEU only: what goes into the recipes is chosen on val, and test_2016_flickr is
   read once per final system.
@@ -20,7 +23,8 @@ Every cell trains for the same number of steps on the same batch order (a batch-
 the steps that see the same number of tokens). Finished cells are skipped and interrupted ones
 resumed, so a grid can be run across several sittings; seeds run one after the other over all
 cells, so the first seed's table is complete first (--report-only writes the table from what
-has finished). Writes OUT/ablation.md (greedy sacreBLEU, mean ± half the range over the seeds;
+has finished). Two processes can share the work if each gets its own seeds or cells
+(--threads 1 each on two cores). Writes OUT/ablation.md (greedy sacreBLEU, mean ± half the range over the seeds;
 parameters; tokens/s) and OUT/ablation.png.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -47,6 +52,7 @@ class Grid:
     size: int | None              # every width; None keeps the recipe's
     valid_every: int | None       # None: validate once, at the end
     splits: tuple[str, ...]       # what each cell is evaluated on (greedy)
+    pins: tuple[str, ...] = ()    # the base cell's settings, written out: the recipe may change later
 
 
 DROPOUT_03 = ["model.encoder.dropout=0.3", "model.decoder.dropout=0.3"]
@@ -66,7 +72,7 @@ GRIDS = {
         "attention feed input_feed": ["model.decoder.attention_feed=input_feed"],
     }, steps=1000, batch_tokens=1000, lr=0.004, size=128, valid_every=None, splits=("val", "test_2016_flickr")),
     "low_resource": Grid({  # the cells that decide the recipes first
-        "base (CPU recipe: vocab 5k, dropout 0.1, smoothing 0.1, 2k-token batches)": [],
+        "base (vocab 5k, dropout 0.1, smoothing 0.1, 2k-token batches: the CPU recipe until 2026-12-06)": [],
         "dropout 0.3": DROPOUT_03,
         "subword sampling (alpha 0.1, 64-best)": ["train.subword_alpha=0.1", "train.subword_nbest=64"],
         "word dropout 0.1 (source and target)": ["train.src_word_dropout=0.1", "train.tgt_word_dropout=0.1"],
@@ -82,7 +88,9 @@ GRIDS = {
         "1k-token batches (6,000 steps)": ["train.batch_tokens=1000", "train.max_steps=6000",
                                            "train.valid_every=1000"],
         "vocabulary 16k": ["tokenizer.vocab_size=16000"],
-    }, steps=3000, batch_tokens=2000, lr=0.002, size=None, valid_every=500, splits=("val",)),
+    }, steps=3000, batch_tokens=2000, lr=0.002, size=None, valid_every=500, splits=("val",),
+        pins=("tokenizer.vocab_size=5000", "model.encoder.dropout=0.1", "model.decoder.dropout=0.1",
+              "train.label_smoothing=0.1", "train.src_word_dropout=0", "train.tgt_word_dropout=0")),
 }
 
 
@@ -90,8 +98,9 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
 
 
-def seq2seq(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "seq2seq.cli", *args], check=True, cwd=ROOT)
+def seq2seq(*args: str, threads: int | None = None) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    subprocess.run([sys.executable, "-m", "seq2seq.cli", *args], check=True, cwd=ROOT, env=env)
 
 
 def run_cell(name: str, overrides: list[str], seed: int, args) -> dict | None:
@@ -103,7 +112,8 @@ def run_cell(name: str, overrides: list[str], seed: int, args) -> dict | None:
     settings = [*width, f"train.seed={seed}", f"train.max_steps={args.steps}",
                 f"train.batch_tokens={args.batch_tokens}", f"train.lr={args.lr}", "train.max_minutes=0",
                 f"train.valid_every={args.valid_every or args.steps}",
-                f"train.log_every={max(1, min(50, args.steps // 4))}", *overrides]  # the cell's own last
+                f"train.log_every={max(1, min(50, args.steps // 4))}", *args.pins,
+                *([f"train.threads={args.threads}"] if args.threads else []), *overrides]  # the cell's own last
     sets = [x for o in settings for x in ("--set", o)]
     data = ["--data-dir", args.data_dir] if args.data_dir else []
     metrics = expdir / "metrics.jsonl"
@@ -112,12 +122,13 @@ def run_cell(name: str, overrides: list[str], seed: int, args) -> dict | None:
         return None
     if not done:
         resume = ["--resume"] if (expdir / "checkpoints/last.pt").exists() else []
-        seq2seq("train", str(BASE), "--out", str(expdir), *sets, *data, *resume)
+        seq2seq("train", str(BASE), "--out", str(expdir), *sets, *data, *resume, threads=args.threads)
     results = {}
     for split in args.splits:
         card = expdir / "results" / f"{split}.beam1.json"
         if not card.exists():
-            seq2seq("evaluate", str(expdir), "--split", split, "--beam", "1", "--precision", "float32", *data)
+            seq2seq("evaluate", str(expdir), "--split", split, "--beam", "1", "--precision", "float32", *data,
+                    threads=args.threads)
         results[split] = json.loads(card.read_text())["bleu"]
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     tok_s = [r["tok_per_s"] for r in records if r.get("type") == "train"]
@@ -193,6 +204,7 @@ def main() -> None:
     ap.add_argument("--out", help="default: exp/ablation (depth), exp/low_resource")
     ap.add_argument("--data-dir")
     ap.add_argument("--cells", nargs="*", help="only these cells (by name)")
+    ap.add_argument("--threads", type=int, help="CPU threads per training and decode (default: the recipe's)")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: table and plot from the runs that have finished")
     args = ap.parse_args()
@@ -200,7 +212,7 @@ def main() -> None:
     for key in ("steps", "batch_tokens", "lr", "size"):
         if getattr(args, key) is None:
             setattr(args, key, getattr(grid, key))
-    args.valid_every, args.splits = grid.valid_every, grid.splits
+    args.valid_every, args.splits, args.pins = grid.valid_every, grid.splits, grid.pins
     args.out = args.out or str(ROOT / ("exp/ablation" if args.grid == "depth" else f"exp/{args.grid}"))
     unknown = set(args.cells or ()) - set(grid.cells)
     if unknown:
