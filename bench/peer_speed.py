@@ -61,7 +61,8 @@ WORK = ROOT / "bench/results/peers"
 ONMT_REQUIREMENTS = ["configargparse", "ctranslate2>=4,<5", "tensorboard", "flask", "waitress", "pyonmttok>=1,<2",
                      "pyyaml", "sacrebleu", "rapidfuzz", "pyahocorasick", "fasttext-wheel", "spacy", "six"]
 SHAPE = ["tokenizer.vocab_size=8000", "tokenizer.joint=true", "model.share_embeddings=false",
-         "model.decoder.tie_embeddings=false", "model.encoder.dropout=0.2", "model.decoder.dropout=0.2"]
+         "model.decoder.tie_embeddings=false", "model.encoder.dropout=0.2", "model.decoder.dropout=0.2",
+         "train.src_word_dropout=0", "train.tgt_word_dropout=0"]  # OpenNMT-py's config has no word dropout
 OURS = {
     "ours, the same architecture (input feeding)": ["model.encoder.layers=4", "model.decoder.attention_feed='input_feed'"],
     "ours, the design default (GNMT feed, fused)": [],
