@@ -1,4 +1,4 @@
-"""Two component choices against their plain alternatives, taking turns in one process.
+"""Component choices against their plain alternatives, taking turns in one process.
 
     python bench/kernel_speed.py [--quick] [--recipe recipes/multi30k_de_en.toml]
 
@@ -10,8 +10,13 @@ attention  additive attention as seq2seq/attention.py computes it, v . sigmoid(2
              decode: one beam-search step, 350 rows x 15 source positions (about the average
                      beam-5 step on test_2016_flickr), no gradients;
              train:  forward + backward for 125 sentences x 16 target x 16 source positions.
+dropout    under CPU bf16 autocast, seq2seq.dropout.Dropout (mask from torch.rand) vs nn.Dropout
+           (bernoulli_), p = 0.3: forward + backward of one decoder layer's outputs (125 x 16 x
+           256), and whole bf16 training steps of OpenNMT-py's architecture (input feeding, 4
+           encoder layers; 125 sentences x 16 source x 16 target pieces, 8k vocabulary).
 
 Last line: adam_fused_speedup=<r> attention_decode_speedup=<r> attention_train_speedup=<r>
+  dropout_speedup=<r> dropout_input_feed_step_speedup=<r>
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import time
 from functools import partial
 
 import torch
+from torch import nn
 
-from common import ISSUE_SHAPE, ROOT, save_result
+from common import ISSUE_SHAPE, ROOT, cpu_line, save_result
 
 from seq2seq import config
 from seq2seq.attention import Attention
-from seq2seq.model import build_model
+from seq2seq.dropout import Dropout
+from seq2seq.model import Objective, build_model
 from seq2seq.optim import FusedAdam
 
 
@@ -83,6 +90,43 @@ def attention(cfg: config.Config, rounds: int) -> dict[str, float]:
     return out
 
 
+def dropout(cfg: config.Config, rounds: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    kinds = {"ours": Dropout(0.3), "plain": nn.Dropout(0.3)}
+    x = torch.randn(125, 16, cfg.model.decoder.hidden, requires_grad=True)  # (B, T, H)
+
+    def layer(module):
+        def run():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = module(x)
+            y.sum().backward()
+        return run
+
+    out = take_turns({k: layer(m) for k, m in kinds.items()}, rounds, 20)
+    peer = config.load(ROOT / "recipes/multi30k_de_en.toml", [
+        "tokenizer.vocab_size=8000", "model.share_embeddings=false", "model.decoder.tie_embeddings=false",
+        "model.encoder.layers=4", "model.decoder.attention_feed='input_feed'"])
+    model = build_model(peer.model, 8000, 8000)
+    objective = Objective(model)
+    B, S, T = 125, 16, 16
+    lengths = torch.randint(S // 2, S + 1, (B,))
+    lengths[0] = S
+    batch = (torch.randint(4, 8000, (B, S)), lengths, torch.arange(S) < lengths[:, None],
+             torch.randint(4, 8000, (B, T)), torch.randint(4, 8000, (B, T)), torch.ones(B, T, dtype=torch.bool))
+
+    def step(module):
+        def run():
+            model.encoder.dropout = model.decoder.dropout = module
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, _ = objective(*batch, 0.1, 1.0)
+            model.zero_grad(set_to_none=True)
+            loss.backward()
+        return run
+
+    out |= {f"step_{k}": v for k, v in take_turns({k: step(m) for k, m in kinds.items()}, rounds, 2).items()}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipe", default=str(ROOT / "recipes/multi30k_de_en.toml"))
@@ -90,24 +134,32 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print(cpu_line(), f"{args.threads} threads, torch {torch.__version__}", flush=True)
     cfg = config.load(args.recipe, ISSUE_SHAPE)
     rounds = 4 if args.quick else 12
-    a, t = adam(cfg, rounds), attention(cfg, rounds)
-    result = {"recipe": args.recipe, "threads": args.threads, "rounds": rounds,
+    a, t, d = adam(cfg, rounds), attention(cfg, rounds), dropout(cfg, rounds)
+    result = {"cpu": cpu_line(), "recipe": args.recipe, "threads": args.threads, "rounds": rounds,
               "adam_fused_ms": a["fused"] * 1e3, "adam_foreach_ms": a["foreach"] * 1e3,
               "adam_fused_speedup": a["foreach"] / a["fused"],
               **{f"attention_{k}_ms": v * 1e3 for k, v in t.items()},
               "attention_decode_speedup": t["decode_textbook"] / t["decode_ours"],
-              "attention_train_speedup": t["train_textbook"] / t["train_ours"]}
+              "attention_train_speedup": t["train_textbook"] / t["train_ours"],
+              **{f"dropout_{k}_ms": v * 1e3 for k, v in d.items()},
+              "dropout_speedup": d["plain"] / d["ours"],
+              "dropout_input_feed_step_speedup": d["step_plain"] / d["step_ours"]}
     print(f"{'component':<40}{'ours ms':>9}{'plain ms':>10}{'speedup':>9}")
     for label, ours, plain in (("Adam update: fused vs foreach", a["fused"], a["foreach"]),
                                ("attention, decode step: sigmoid/tanh", t["decode_ours"], t["decode_textbook"]),
-                               ("attention, train fwd+bwd: sigmoid/tanh", t["train_ours"], t["train_textbook"])):
+                               ("attention, train fwd+bwd: sigmoid/tanh", t["train_ours"], t["train_textbook"]),
+                               ("bf16 dropout fwd+bwd: rand/bernoulli", d["ours"], d["plain"]),
+                               ("bf16 input-feeding step: the same", d["step_ours"], d["step_plain"])):
         print(f"{label:<40}{ours * 1e3:>9.2f}{plain * 1e3:>10.2f}{plain / ours:>9.2f}")
     save_result("kernel_speed", result)
     print(f"adam_fused_speedup={result['adam_fused_speedup']:.2f} "
           f"attention_decode_speedup={result['attention_decode_speedup']:.2f} "
-          f"attention_train_speedup={result['attention_train_speedup']:.2f}")
+          f"attention_train_speedup={result['attention_train_speedup']:.2f} "
+          f"dropout_speedup={result['dropout_speedup']:.2f} "
+          f"dropout_input_feed_step_speedup={result['dropout_input_feed_step_speedup']:.3f}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from seq2seq.attention import Attention
 from seq2seq.config import AttentionConfig, DecoderConfig
+from seq2seq.dropout import Dropout
 from seq2seq.loss import linear_cross_entropy
 
 
@@ -80,7 +81,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = embedding
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         rnn = StepLSTM if cfg.cell == "lstm" else StepGRU
         H = cfg.hidden
         self.memory_size = memory_size

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.config import EncoderConfig
+from seq2seq.dropout import Dropout
 
 
 class Encoder(nn.Module):
@@ -22,7 +23,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = embedding
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         rnn = nn.LSTM if cfg.cell == "lstm" else nn.GRU
         directions = 2 if cfg.bidirectional else 1
         self.layers = nn.ModuleList(
