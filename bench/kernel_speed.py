@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -103,10 +104,9 @@ def dropout(cfg: config.Config, rounds: int) -> dict[str, float]:
         return run
 
     out = take_turns({k: layer(m) for k, m in kinds.items()}, rounds, 20)
-    peer = config.load(ROOT / "recipes/multi30k_de_en.toml", [
-        "tokenizer.vocab_size=8000", "model.share_embeddings=false", "model.decoder.tie_embeddings=false",
-        "model.encoder.layers=4", "model.decoder.attention_feed='input_feed'"])
-    model = build_model(peer.model, 8000, 8000)
+    peer = replace(cfg.model, encoder=replace(cfg.model.encoder, layers=4),
+                   decoder=replace(cfg.model.decoder, attention_feed="input_feed"))  # OpenNMT-py's architecture
+    model = build_model(peer, 8000, 8000)
     objective = Objective(model)
     B, S, T = 125, 16, 16
     lengths = torch.randint(S // 2, S + 1, (B,))

@@ -24,8 +24,8 @@ the steps that see the same number of tokens). Finished cells are skipped and in
 resumed, so a grid can be run across several sittings; seeds run one after the other over all
 cells, so the first seed's table is complete first (--report-only writes the table from what
 has finished). Two processes can share the work if each gets its own seeds or cells
-(--threads 1 each on two cores). Writes OUT/ablation.md (greedy sacreBLEU, mean ± half the range over the seeds;
-parameters; tokens/s) and OUT/ablation.png.
+(--threads 1 each on two cores). Writes OUT/ablation.md (greedy sacreBLEU, mean ± half the range
+over the seeds; parameters; tokens/s) and OUT/ablation.png.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Dropout for the RNN stacks: nn.Dropout, with a faster mask where training runs in bf16 on a CPU.
 
 torch's CPU dropout draws its keep-mask with `bernoulli_`, which costs about three times what
-`torch.rand` does for the same tensor; once the products run in bf16 that shows (bench/kernel_speed.py, AMD EPYC with avx512_bf16, 2 threads: dropout forward and
-backward 3.1x faster, a whole bf16 input-feeding training step 1.085x). Under CPU bf16 autocast this
+`torch.rand` does for the same tensor; once the products run in bf16 that shows
+(bench/kernel_speed.py, AMD EPYC with avx512_bf16, 2 threads: dropout forward and backward 3.1x
+faster, a whole bf16 input-feeding training step 1.085x). Under CPU bf16 autocast this
 module keeps an element when a uniform draw in [0, 1) is >= p: the same Bernoulli(1 - p)
 mask and the same 1 / (1 - p) scaling, drawn from another stretch of the same generator.
 Everywhere else (float32, CUDA, evaluation) it is nn.Dropout exactly, so float32 training keeps
