@@ -134,8 +134,11 @@ def run_cell(name: str, overrides: list[str], seed: int, args) -> dict | None:
     tok_s = [r["tok_per_s"] for r in records if r.get("type") == "train"]
     summary = next(r for r in records if r.get("type") == "summary")
     precisions = sorted({r["precision"] for r in records if r.get("type") == "start"})
-    return {**results, "precision": "+".join(precisions), "params": _parameters(expdir), "minutes": summary["minutes"],
-            "best_step": summary["best_step"], "tok_per_s": statistics.median(tok_s) if tok_s else float("nan")}
+    valid = [r for r in records if r.get("type") == "valid"]  # the log's validations, one per valid_every steps
+    return {**results, "seed": seed, "precision": "+".join(precisions), "params": _parameters(expdir),
+            "minutes": summary["minutes"], "best_step": summary["best_step"],
+            "tok_per_s": statistics.median(tok_s) if tok_s else float("nan"),
+            "curve": [(r["step"], r["valid_bleu"], r["valid_loss"]) for r in valid]}
 
 
 def _parameters(expdir: Path) -> int:
@@ -151,20 +154,40 @@ def write_table(rows: dict[str, list[dict]], args) -> str:
              f"otherwise), seeds {', '.join(map(str, args.seeds))}; greedy sacreBLEU of the best checkpoint "
              "(float32 decoding), mean ± half the range over the seeds run; CPU: " + _cpu(), ""]
     names = {"val": "val BLEU", "test_2016_flickr": "test BLEU"}
-    lines += ["| cell | seeds | " + " | ".join(names[s] for s in args.splits)
+    lines += ["| cell | seeds | " + " | ".join(f"{names[s]} | per seed" for s in args.splits)
               + " | best step | minutes | training precision | parameters | target tok/s |",
-              "|---|---|" + "---|" * len(args.splits) + "---|---|---|---|---|"]
+              "|---|---|" + "---|---|" * len(args.splits) + "---|---|---|---|---|"]
     for name, runs in rows.items():
         def stat(key: str, digits: int = 1) -> str:
             values = [r[key] for r in runs]
             mean = statistics.mean(values)
             spread = f" ± {(max(values) - min(values)) / 2:.{digits}f}" if len(values) > 1 else ""
             return f"{mean:.{digits}f}{spread}"
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(stat(s, 2) for s in args.splits)
+        per_seed = lambda split: " / ".join(f"{r[split]:.2f} (s{r['seed']})" for r in runs)  # noqa: E731
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(f"{stat(s, 2)} | {per_seed(s)}" for s in args.splits)
                      + f" | {stat('best_step', 0)} | {stat('minutes')} | "
                      f"{', '.join(sorted({r['precision'] for r in runs}))} | {runs[0]['params']:,} | "
                      f"{statistics.mean(r['tok_per_s'] for r in runs):,.0f} |")
+    if args.valid_every:
+        lines += ["", *write_curves(rows)]
     return "\n".join(lines) + "\n"
+
+
+def write_curves(rows: dict[str, list[dict]]) -> list[str]:
+    """Validation BLEU at the last four validations (1/2, 2/3, 5/6 and all of the steps when
+    validating every 1/6th) and the final validation loss, one line per cell and seed."""
+    lines = ["Validation during training (greedy, the training run's decoding precision), per seed:", "",
+             "| cell | seed | val BLEU at the last four validations (steps) | val loss at the end |",
+             "|---|---|---|---|"]
+    for name, runs in rows.items():
+        for run in runs:
+            last = run["curve"][-4:]
+            bleu = ", ".join(f"{b:.1f} ({step:,})" for step, b, _ in last)
+            step, _, loss = run["curve"][-1]
+            low_step, _, low = min(run["curve"], key=lambda c: c[2])
+            lowest = f" (lowest {low:.3f} at {low_step:,})" if low < loss else ""
+            lines.append(f"| {name} | {run['seed']} | {bleu} | {loss:.3f}{lowest} |")
+    return lines
 
 
 def _cpu() -> str:
