@@ -93,7 +93,8 @@ def _scoring_commands(sub) -> None:
                    help="sacrebleu tokenizer (default 13a)")
 
     s = sub.add_parser("evaluate", help="translate a split of the model's recipe, score it, write a results card")
-    s.add_argument("model")
+    s.add_argument("model", nargs="+", help="experiment directory or checkpoint file; several make an ensemble "
+                   "(its card goes to the first one's results/, named SPLIT.beamK.ensembleN.json)")
     s.add_argument("--split", default="test_2016_flickr", help="valid, val or a test split name")
     s.add_argument("--data-dir")
     _decode_options(s)
@@ -101,7 +102,7 @@ def _scoring_commands(sub) -> None:
     _rerank_options(s)
 
     s = sub.add_parser("tune", help="choose beam size and length penalty by BLEU on the validation split")
-    s.add_argument("model")
+    s.add_argument("model", nargs="+", help="experiment directory or checkpoint file; several make an ensemble")
     s.add_argument("--beams", type=int, nargs="+", default=[1, 3, 5, 8], metavar="K",
                    help="beam sizes to try (default: 1 3 5 8)")
     s.add_argument("--length-penalties", type=float, nargs="+", default=[0.6, 0.8, 1.0, 1.2, 1.4],
@@ -361,7 +362,7 @@ def cmd_tune(args) -> int:
     flags += f" --precision {args.precision}" if args.precision else ""
     print(f"best on {card['source']}: {flags} (BLEU {best['bleu']:.2f}, {card['bleu_signature']}); "
           f"grid: {card['card_path']}")
-    print(f"then: seq2seq evaluate {args.model} {flags}")
+    print(f"then: seq2seq evaluate {' '.join(args.model)} {flags}")
     return 0
 
 

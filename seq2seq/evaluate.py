@@ -41,6 +41,11 @@ def _results_dir(translator) -> Path:
     return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "results"
 
 
+def _ensemble_tag(translator) -> str:
+    """".ensembleN" in an ensemble's file names: its cards sit beside the first model's own."""
+    return f".ensemble{len(translator.sources)}" if len(translator.sources) > 1 else ""
+
+
 def hardware(device: torch.device) -> dict:
     """What the numbers were measured on: CPU model and cores, threads, GPU if one was used."""
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
@@ -82,7 +87,7 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
     scores = score(hyps, refs)
     dcfg = translator.decode_config(**decode)
     chosen, why = translator.precision(dcfg.precision)
-    tag = (f"{split}.beam{dcfg.beam}" + ("" if chosen == "float32" else f".{chosen}")
+    tag = (f"{split}.beam{dcfg.beam}" + _ensemble_tag(translator) + ("" if chosen == "float32" else f".{chosen}")
            + (".rerank" if translator.rerankers else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / f"{tag}.hyp", "".join(h + "\n" for h in hyps).encode())
@@ -113,7 +118,8 @@ def tune(translator, beams: list[int], penalties: list[float], data_dir: str | N
     once: the penalty does not apply to it), and with a `reranker` (a rerank.Scorer) for every
     weight of `rerank_weights` too. The best BLEU wins; ties go to the better chrF, then the
     smaller beam, then the smaller weight. `progress` sees each grid row as it is scored. The grid
-    goes to EXPDIR/results/tune.valid.json (tune.valid.rerank.json with a reranker)."""
+    goes to EXPDIR/results/tune.valid.json (tune.valid.rerank.json with a reranker,
+    tune.valid.ensembleN.json for an ensemble of N, EXPDIR the first model's)."""
     if not beams or not penalties:
         raise Seq2SeqError("tune needs at least one beam size and one length penalty")
     (src_path, ref_path), = split_files(translator.config, data_dir, only=["valid"]).values()
@@ -151,7 +157,8 @@ def tune(translator, beams: list[int], penalties: list[float], data_dir: str | N
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
         "torch_version": torch.__version__, "hardware": hardware(translator.device),
     }
-    name = "tune.valid" + ("" if chosen == "float32" else f".{chosen}") + (".rerank" if reranker else "")
+    name = ("tune.valid" + _ensemble_tag(translator) + ("" if chosen == "float32" else f".{chosen}")
+            + (".rerank" if reranker else ""))
     out = _results_dir(translator) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, (json.dumps(card, indent=2) + "\n").encode())

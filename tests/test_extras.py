@@ -1,5 +1,6 @@
 """Plots, attention maps, the Python API, checkpoint averaging and ensembles."""
 
+import json
 import re
 import shutil
 import struct
@@ -175,10 +176,28 @@ def test_ensemble_results_card_goes_to_the_first_models_experiment(reverse_model
     ensemble = Translator.load([odd, reverse_model])
     assert ensemble.sources == [str(odd / "checkpoints" / "best.pt"), str(reverse_model / "checkpoints" / "best.pt")]
     card = evaluate_split(ensemble, "test", beam=1)
-    assert Path(card["card_path"]) == odd / "results" / "test.beam1.json"
+    assert Path(card["card_path"]) == odd / "results" / "test.beam1.ensemble2.json"
     assert card["checkpoint"] == "exp/checkpoints/best.pt"
     assert card["ensemble"] == ["exp/checkpoints/best.pt", "exp/checkpoints/best.pt"]
     assert card["training"]["ensemble_of"] == 2
+
+
+def test_ensemble_tune_and_evaluate_keep_their_own_cards(reverse_model: Path, tmp_path: Path):
+    """An ensemble's grid and cards never overwrite the first model's own (same split and beam)."""
+    exp = Path(shutil.copytree(reverse_model, tmp_path / "exp"))
+    for models in ([exp], [exp, reverse_model]):
+        p = run_cli("tune", *models, "--beams", "1", "2", "--length-penalties", "1.0")
+        assert p.returncode == 0, p.stderr
+        assert f"then: seq2seq evaluate {' '.join(map(str, models))} --beam" in p.stdout
+        assert run_cli("evaluate", *models, "--split", "test", "--beam", "2").returncode == 0
+    results = exp / "results"
+    assert {"tune.valid.json", "tune.valid.ensemble2.json", "test.beam2.json", "test.beam2.ensemble2.json"} <= {
+        p.name for p in results.iterdir()}
+    assert "ensemble" not in json.loads((results / "tune.valid.json").read_text())
+    assert json.loads((results / "tune.valid.ensemble2.json").read_text())["ensemble"] == [
+        "exp/checkpoints/best.pt", f"{reverse_model.name}/checkpoints/best.pt"]
+    card = json.loads((results / "test.beam2.ensemble2.json").read_text())
+    assert card["training"]["ensemble_of"] == 2 and card["hypotheses"] == "test.beam2.ensemble2.hyp"
 
 
 def test_ensemble_needs_one_vocabulary(reverse_model: Path, tmp_path: Path):
