@@ -1,7 +1,8 @@
 """The final Multi30K systems of a direction, trained across as many sittings as they take.
 
     python recipes/final_systems.py de_en [--set KEY=VALUE ...] [--steps N] [--threads 1]
-                                    [--beams 1 5 8 12] [--out exp/final] [--data-dir DIR] [--ensemble]
+                                    [--beams 1 5 8 12] [--length-penalties ...] [--out exp/final]
+                                    [--data-dir DIR] [--ensemble]
                                     [--evaluate]
 
 For `recipes/multi30k_{de_en,en_de}.toml` with the --set overrides (what the low-resource ablation
@@ -63,11 +64,12 @@ def tag(models: list[Path], reranker: Path | None) -> str:
     return (f".ensemble{len(models)}" if len(models) > 1 else "") + (".rerank" if reranker else "")
 
 
-def tuned(models: list[Path], beams: list[int], data: list[str], reranker: Path | None = None) -> dict:
-    """The best setting on val (tune's grid card), tuned once."""
+def tuned(models: list[Path], grid: list, data: list[str], reranker: Path | None = None) -> dict:
+    """The best setting on val (tune's grid card), tuned once; `grid` is tune's --beams and
+    --length-penalties."""
     card = results(models) / f"tune.valid{tag(models, reranker)}.json"
     if not card.exists():
-        seq2seq("tune", *models, "--beams", *beams, "--precision", "float32", *data,
+        seq2seq("tune", *models, *grid, "--precision", "float32", *data,
                 *(["--rerank", reranker] if reranker else []))
     return json.loads(card.read_text())["best"]
 
@@ -98,6 +100,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8000, help="training steps per model (early stopping may end sooner)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--beams", type=int, nargs="+", default=[1, 5, 8, 12], help="beam sizes tune tries")
+    ap.add_argument("--length-penalties", type=float, nargs="+", help="length penalties tune tries (default: tune's)")
     ap.add_argument("--out", default=str(ROOT / "exp/final"))
     ap.add_argument("--data-dir")
     ap.add_argument("--ensemble", action="store_true", help="also a second left-to-right model (seed 3): "
@@ -110,11 +113,12 @@ def main() -> None:
     out = Path(args.out)
     l2r = train(recipe, out / args.pair, common, data)
     r2l = train(recipe, out / f"{args.pair}_r2l", [*common, "model.target_order=right_to_left", "train.seed=2"], data)
+    grid = ["--beams", *args.beams, *(["--length-penalties", *args.length_penalties] if args.length_penalties else [])]
     systems = [[l2r]]
     if args.ensemble:
         systems.append([l2r, train(recipe, out / f"{args.pair}_seed3", [*common, "train.seed=3"], data)])
     for models in systems:
-        alone, reranked = tuned(models, args.beams, data), tuned(models, args.beams, data, r2l)
+        alone, reranked = tuned(models, grid, data), tuned(models, grid, data, r2l)
         shown = lambda f: " ".join(map(str, f))  # noqa: E731
         name = f"{args.pair}{' ensemble of 2' if len(models) > 1 else ''}"
         print(f"{name}: val BLEU {alone['bleu']:.2f} alone ({shown(flags(alone))}), {reranked['bleu']:.2f} "
