@@ -2,8 +2,7 @@
 
     python recipes/final_systems.py de_en [--set KEY=VALUE ...] [--steps N] [--threads 1]
                                     [--beams 1 5 8 12] [--length-penalties ...] [--out exp/final]
-                                    [--data-dir DIR] [--ensemble]
-                                    [--evaluate]
+                                    [--data-dir DIR] [--ensemble] [--evaluate]
 
 For `recipes/multi30k_{de_en,en_de}.toml` with the --set overrides (what the low-resource ablation
 found to pay), each step is done once and skipped when its output exists, so the same command
@@ -115,11 +114,11 @@ def main() -> None:
     r2l = train(recipe, out / f"{args.pair}_r2l", [*common, "model.target_order=right_to_left", "train.seed=2"], data)
     grid = ["--beams", *args.beams, *(["--length-penalties", *args.length_penalties] if args.length_penalties else [])]
     systems = [[l2r]]
+    shown = lambda f: " ".join(map(str, f))  # noqa: E731
     if args.ensemble:
         systems.append([l2r, train(recipe, out / f"{args.pair}_seed3", [*common, "train.seed=3"], data)])
     for models in systems:
         alone, reranked = tuned(models, grid, data), tuned(models, grid, data, r2l)
-        shown = lambda f: " ".join(map(str, f))  # noqa: E731
         name = f"{args.pair}{' ensemble of 2' if len(models) > 1 else ''}"
         print(f"{name}: val BLEU {alone['bleu']:.2f} alone ({shown(flags(alone))}), {reranked['bleu']:.2f} "
               f"reranked ({shown(flags(reranked, r2l))})")
