@@ -208,7 +208,7 @@ def write_plot(rows: dict[str, list[dict]], out: Path, split: str) -> None:
     for i, n in enumerate(names):
         ax.plot([r[split] for r in rows[n]], [i] * len(rows[n]), "k.", ms=6)
     ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names, fontsize=8)
+    ax.set_yticklabels([n.split(" (")[0] for n in names], fontsize=8)  # the table has the whole name
     ax.invert_yaxis()
     ax.set_xlim(min(means) - 3, max(max(r[split] for r in runs) for runs in rows.values()) + 1)
     ax.set_xlabel(f"{split} BLEU (greedy; dots: seeds)")
