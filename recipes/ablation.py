@@ -148,11 +148,12 @@ def _parameters(expdir: Path) -> int:
 
 
 def write_table(rows: dict[str, list[dict]], args) -> str:
+    from seq2seq.precision import cpu_model
     width = f"every width {args.size}" if args.size else "the recipe's widths"
     steps = f"{args.steps} steps of ~{args.batch_tokens:,}-token batches at lr {args.lr} per cell"
     lines = [f"Multi30K de->en, grid `{args.grid}`: {steps}, {width} (recipes/multi30k_de_en_cpu.toml "
              f"otherwise), seeds {', '.join(map(str, args.seeds))}; greedy sacreBLEU of the best checkpoint "
-             "(float32 decoding), mean ± half the range over the seeds run; CPU: " + _cpu(), ""]
+             "(float32 decoding), mean ± half the range over the seeds run; CPU: " + cpu_model(), ""]
     names = {"val": "val BLEU", "test_2016_flickr": "test BLEU"}
     lines += ["| cell | seeds | " + " | ".join(f"{names[s]} | per seed" for s in args.splits)
               + " | best step | minutes | training precision | parameters | target tok/s |",
@@ -188,13 +189,6 @@ def write_curves(rows: dict[str, list[dict]]) -> list[str]:
             lowest = f" (lowest {low:.3f} at {low_step:,})" if low < loss else ""
             lines.append(f"| {name} | {run['seed']} | {bleu} | {loss:.3f}{lowest} |")
     return lines
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def write_plot(rows: dict[str, list[dict]], out: Path, split: str) -> None:

@@ -31,6 +31,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from seq2seq.evaluate import card_suffix
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,8 +61,8 @@ def results(models: list[Path]) -> Path:
 
 
 def tag(models: list[Path], reranker: Path | None) -> str:
-    """What `seq2seq tune` and `evaluate` add to their file names for these models."""
-    return (f".ensemble{len(models)}" if len(models) > 1 else "") + (".rerank" if reranker else "")
+    """What `seq2seq tune` and `evaluate` add to their file names (decoding in float32 here)."""
+    return card_suffix(len(models), "float32", reranker is not None)
 
 
 def tuned(models: list[Path], grid: list, data: list[str], reranker: Path | None = None) -> dict:

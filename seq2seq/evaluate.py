@@ -41,9 +41,11 @@ def _results_dir(translator) -> Path:
     return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / "results"
 
 
-def _ensemble_tag(translator) -> str:
-    """".ensembleN" in an ensemble's file names: its cards sit beside the first model's own."""
-    return f".ensemble{len(translator.sources)}" if len(translator.sources) > 1 else ""
+def card_suffix(models: int, precision: str, reranked: bool) -> str:
+    """What follows SPLIT.beamK (or tune.valid) in a results file's name: .ensembleN for an
+    ensemble of N (its cards sit beside the first model's own), .PRECISION unless float32, .rerank."""
+    return ((f".ensemble{models}" if models > 1 else "") + ("" if precision == "float32" else f".{precision}")
+            + (".rerank" if reranked else ""))
 
 
 def hardware(device: torch.device) -> dict:
@@ -87,8 +89,7 @@ def evaluate(translator, split: str, src_path: Path, ref_path: Path, out_dir: Pa
     scores = score(hyps, refs)
     dcfg = translator.decode_config(**decode)
     chosen, why = translator.precision(dcfg.precision)
-    tag = (f"{split}.beam{dcfg.beam}" + _ensemble_tag(translator) + ("" if chosen == "float32" else f".{chosen}")
-           + (".rerank" if translator.rerankers else ""))
+    tag = f"{split}.beam{dcfg.beam}" + card_suffix(len(translator.sources), chosen, bool(translator.rerankers))
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / f"{tag}.hyp", "".join(h + "\n" for h in hyps).encode())
     card = {
@@ -157,8 +158,7 @@ def tune(translator, beams: list[int], penalties: list[float], data_dir: str | N
         "seq2seq_version": __version__, "sacrebleu_version": sacrebleu.__version__,
         "torch_version": torch.__version__, "hardware": hardware(translator.device),
     }
-    name = ("tune.valid" + _ensemble_tag(translator) + ("" if chosen == "float32" else f".{chosen}")
-            + (".rerank" if reranker else ""))
+    name = "tune.valid" + card_suffix(len(translator.sources), chosen, reranker is not None)
     out = _results_dir(translator) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, (json.dumps(card, indent=2) + "\n").encode())
